@@ -1,0 +1,249 @@
+"""Class-incremental data: data sets, class order, tasks, the replay memory and loaders.
+
+Labels are handled as *positions* in the class order: position p is the p-th class to arrive, task k
+holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head.
+The memory stores indices into the training set, so it is small, exact and saved as JSON.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from utils.errors import ConfigError
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class TensorData(Dataset):
+    """Samples of a small data set held as one float tensor, with their original labels."""
+
+    def __init__(self, x, labels, transform=None):
+        self.x, self.labels, self.transform = x, np.asarray(labels, dtype=np.int64), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        return (self.transform(x) if self.transform else x), int(self.labels[i])
+
+
+class Relabeled(Dataset):
+    """A data set whose labels are replaced by their position in the class order."""
+
+    def __init__(self, dataset, position):
+        self.dataset, self.position = dataset, position
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return x, int(self.position[y])
+
+
+@dataclass
+class Source:
+    """One data set as read from disk: what every loader below is built from."""
+    train: Dataset          # training samples, training transforms, original labels
+    train_plain: Dataset    # the same samples with test transforms (exemplar features)
+    test: Dataset
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    num_class: int          # classes the data set holds
+    input_shape: tuple
+
+
+def _read_mnist(root, train):
+    from torchvision import datasets
+    split = "training" if train else "test"
+    try:
+        return datasets.MNIST(root, train=train, download=False)
+    except Exception as e:  # torchvision's idx reader raises several types on truncated files
+        if not (isinstance(e, RuntimeError) and "Dataset not found" in str(e)):
+            raise ConfigError(f"MNIST's {split} files under args.data_path = {root!r} are corrupt "
+                              f"({type(e).__name__}: {e}); delete {os.path.join(root, 'MNIST')} and run again to "
+                              "download them.") from e
+    try:
+        return datasets.MNIST(root, train=train, download=True)
+    except Exception as e:  # no network, a mirror down, a read-only folder: all mean "get it by hand"
+        raise ConfigError(f"MNIST is not in args.data_path = {root!r} and could not be downloaded "
+                          f"({type(e).__name__}); put the four files train-images-idx3-ubyte, "
+                          "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                          f"t10k-labels-idx1-ubyte in {os.path.join(root, 'MNIST', 'raw')}.") from e
+
+
+def load_mnist(cfg):
+    """MNIST through torchvision, held in memory as normalised 1×28×28 tensors (no augmentation)."""
+    splits = []
+    for train in (True, False):
+        ds = _read_mnist(cfg.data_path, train)
+        x = ds.data.float().div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+        splits.append(TensorData(x, ds.targets.numpy()))
+    train, test = splits
+    return Source(train, train, test, train.labels, test.labels, 10, (1, 28, 28))
+
+
+def load_digits(cfg):
+    """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = bunch.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
+                              random_state=cfg.seed)
+    mean, std = x[tr].mean(), x[tr].std()
+    x = (x - mean) / std
+    train = TensorData(x[tr], labels[tr])
+    test = TensorData(x[te], labels[te])
+    return Source(train, train, test, train.labels, test.labels, 10, (1, 8, 8))
+
+
+# args.dataset -> loader(cfg) -> Source
+DATA_SOURCES = {
+    "mnist": load_mnist,
+    "digits": load_digits,
+}
+
+
+def make_class_order(kind, num_data_classes, seed):
+    """The order in which classes arrive: natural (0, 1, …) or a seeded permutation."""
+    if kind == "natural":
+        return list(range(num_data_classes))
+    return np.random.RandomState(seed).permutation(num_data_classes).tolist()
+
+
+class IncrementalData:
+    """A data set cut into tasks along a class order; loaders for training, evaluation and memory."""
+
+    def __init__(self, cfg, class_order=None, source=None):
+        self.cfg = cfg
+        src = source if source is not None else DATA_SOURCES[cfg.dataset](cfg)
+        if cfg.num_class > src.num_class:
+            raise ConfigError(f"args.num_class = {cfg.num_class} but {cfg.dataset} has only "
+                              f"{src.num_class} classes; lower num_class.")
+        if class_order is None:
+            class_order = make_class_order(cfg.class_order, src.num_class, cfg.seed)[:cfg.num_class]
+        self.class_order = [int(c) for c in class_order]
+        position = np.full(src.num_class, -1, dtype=np.int64)  # -1: a class outside the run
+        position[self.class_order] = np.arange(cfg.num_class)
+        self.input_shape = src.input_shape
+        self.train_labels = position[src.train_labels]
+        self.test_labels = position[src.test_labels]
+        self.train_set = Relabeled(src.train, position)
+        self.train_plain = Relabeled(src.train_plain, position)
+        self.test_set = Relabeled(src.test, position)
+
+    def task_classes(self, k):
+        cpt = self.cfg.class_per_task
+        return list(range(k * cpt, (k + 1) * cpt))
+
+    def class_indices(self, c):
+        """Training-set indices of the class at position ``c``."""
+        return np.flatnonzero(self.train_labels == c)
+
+    def task_indices(self, k):
+        """Training-set indices of task k's classes: D(k) in the paper."""
+        cpt = self.cfg.class_per_task
+        return np.flatnonzero((self.train_labels >= k * cpt) & (self.train_labels < (k + 1) * cpt))
+
+    def seen_test_indices(self, session):
+        """Test-set indices of every class seen up to and including ``session``."""
+        seen = (session + 1) * self.cfg.class_per_task
+        return np.flatnonzero((self.test_labels >= 0) & (self.test_labels < seen))
+
+    def train_loader(self, session, memory, seed):
+        """D(t) ∪ M(t−1), shuffled together (paper Alg. 1, line 3)."""
+        indices = np.concatenate([self.task_indices(session), memory.indices()])
+        return self.loader(self.train_set, indices, self.cfg.train_batch, shuffle=True, seed=seed)
+
+    def loader(self, dataset, indices, batch_size, shuffle=False, seed=0):
+        generator = torch.Generator().manual_seed(int(seed))
+        return DataLoader(Subset(dataset, np.asarray(indices, dtype=np.int64).tolist()),
+                          batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.cfg.num_workers,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+class ReplayMemory:
+    """At most ``size`` exemplars, split equally over the classes seen so far.
+
+    Each class's exemplars are kept in priority order (a seeded shuffle, or herding order), so when new
+    classes arrive and the per-class quota shrinks, a class keeps its first ``quota`` exemplars.
+    """
+
+    def __init__(self, size, selection="random", seed=0):
+        self.size, self.selection, self.seed = size, selection, seed
+        self.exemplars = {}  # class position -> np.ndarray of training-set indices
+
+    def quota(self, num_seen):
+        return self.size // num_seen
+
+    def __len__(self):
+        return sum(len(v) for v in self.exemplars.values())
+
+    def classes(self):
+        return sorted(self.exemplars)
+
+    def indices(self, classes=None):
+        classes = self.classes() if classes is None else classes
+        parts = [self.exemplars[c] for c in classes if c in self.exemplars]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def update(self, data, new_classes, session, model=None, device="cpu"):
+        """Shrink old classes to the new quota, then pick exemplars of ``new_classes``."""
+        m = self.quota(len(self.exemplars) + len(new_classes))
+        for c in self.exemplars:
+            self.exemplars[c] = self.exemplars[c][:m]
+        for c in new_classes:
+            candidates = data.class_indices(c)
+            if self.selection == "random":
+                rng = np.random.default_rng([self.seed, session, c])
+                chosen = rng.permutation(candidates)[:m]
+            else:
+                feats = extract_features(model, data, candidates, device)
+                chosen = candidates[herding(feats, m)]
+            self.exemplars[c] = np.asarray(chosen, dtype=np.int64)
+
+    def state_dict(self):
+        return {"size": self.size, "selection": self.selection, "seed": self.seed,
+                "exemplars": {str(c): v.tolist() for c, v in sorted(self.exemplars.items())}}
+
+    @classmethod
+    def from_state(cls, state):
+        memory = cls(int(state["size"]), state["selection"], int(state["seed"]))
+        memory.exemplars = {int(c): np.asarray(v, dtype=np.int64)
+                            for c, v in state["exemplars"].items()}
+        return memory
+
+
+@torch.no_grad()
+def extract_features(model, data, indices, device):
+    """L2-normalised features θ(x) of training samples, seen with test transforms."""
+    was_training = model.training
+    model.eval()
+    feats = [model.features(x.to(device)).flatten(1).float().cpu()
+             for x, _ in data.loader(data.train_plain, indices, data.cfg.test_batch)]
+    model.train(was_training)
+    feats = torch.cat(feats)
+    return feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def herding(features, m):
+    """iCaRL's herding: greedily pick samples whose running mean best tracks the class mean."""
+    m = min(m, len(features))
+    mu = features.mean(0)
+    running = torch.zeros_like(mu)
+    taken = torch.zeros(len(features), dtype=torch.bool)
+    order = []
+    for k in range(1, m + 1):
+        dist = (mu - (running + features) / k).norm(dim=1)
+        dist[taken] = float("inf")
+        i = int(dist.argmin())
+        order.append(i)
+        taken[i] = True
+        running += features[i]
+    return np.asarray(order, dtype=np.int64)

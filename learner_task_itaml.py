@@ -1,0 +1,255 @@
+"""iTAML's learner: the inner loop and meta-update of Alg. 1, and task-agnostic inference (Alg. 2).
+
+Paper names: the base weights Φ_base = {θ, φ} are snapshotted at every mini-batch; task k's fast weights
+Φ_k = {θ_k, φ_k} start from them and take ``r`` optimizer steps on task k's samples; the meta-update
+interpolates with η = exp(−β·t/T). ``args.variant`` picks the paper's update ("paper") or what the
+authors' release effectively computes ("official"); see the README for the differences.
+"""
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
+
+
+def eta_for(beta, session, num_task):
+    """η = exp(−β·t/T), t the 0-based session index as in the release (η = 1 at session 0)."""
+    return math.exp(-beta * session / num_task)
+
+
+def task_slice(k, class_per_task):
+    """Task k's rows of the head."""
+    return slice(k * class_per_task, (k + 1) * class_per_task)
+
+
+def task_loss(logits, targets, k, class_per_task):
+    """Binary cross-entropy with logits on task k's slice only; targets are class positions."""
+    onehot = F.one_hot(targets - k * class_per_task, class_per_task).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits[:, task_slice(k, class_per_task)], onehot)
+
+
+def lr_at(cfg, epoch):
+    """Step schedule of the release: lr × γ for every milestone reached (0-based epochs)."""
+    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.schedule)
+
+
+def make_optimizer(cfg, params, lr):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.RAdam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+class MetaLearner:
+    """Trains the model through one session (one new task plus the replay memory)."""
+
+    def __init__(self, model, cfg, session, device="cpu"):
+        self.model, self.cfg, self.session, self.device = model, cfg, session, device
+        self.eta = eta_for(cfg.beta, session, cfg.num_task)
+        self.params = list(model.parameters())
+        head = {id(p) for p in model.head.parameters()}
+        self.is_head = [id(p) in head for p in self.params]
+        # BatchNorm running statistics follow the interpolation; integer counters do not.
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        # Paper: one optimizer state per task, so task i's momentum never moves task j's rows
+        # (the release shared one RAdam across tasks: deviation 3). Official: one shared optimizer.
+        self.optimizers = {}
+        self.lr = cfg.lr
+
+    def optimizer_for(self, k):
+        key = k if self.cfg.variant == "paper" else "shared"
+        if key not in self.optimizers:
+            self.optimizers[key] = make_optimizer(self.cfg, self.params, self.lr)
+        return self.optimizers[key]
+
+    def set_lr(self, lr):
+        self.lr = lr
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def inner_loop(self, x, y, k):
+        """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice."""
+        opt = self.optimizer_for(k)
+        for _ in range(self.cfg.r):
+            opt.zero_grad(set_to_none=True)
+            loss = task_loss(self.model(x), y, k, self.cfg.class_per_task)
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    def meta_step(self, x, y):
+        """One mini-batch of Alg. 1; returns the mean over tasks of the last inner-step loss."""
+        tasks = torch.unique(y // self.cfg.class_per_task).tolist()
+        with torch.no_grad():
+            base = [p.detach().clone() for p in self.params]
+            base_buffers = [b.clone() for b in self.buffers]
+        if self.cfg.variant == "paper":
+            losses, fast, fast_buffers = self._paper_fast_weights(x, y, tasks, base, base_buffers)
+        else:
+            losses, fast, fast_buffers = self._official_fast_weights(x, y, tasks, base_buffers)
+        with torch.no_grad():
+            # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base, Φ_fast being mean_k θ_k for θ and the
+            # slices φ_k of the tasks in the batch for the head (other slices keep their base value).
+            torch._foreach_lerp_(base, fast, self.eta)
+            torch._foreach_copy_(self.params, base)
+            if fast_buffers is not None and self.buffers:
+                torch._foreach_lerp_(base_buffers, fast_buffers, self.eta)
+                torch._foreach_copy_(self.buffers, base_buffers)
+        return float(np.mean(losses))
+
+    def _paper_fast_weights(self, x, y, tasks, base, base_buffers):
+        """Every task starts from Φ_base; returns the fast weights to interpolate towards."""
+        cpt, n = self.cfg.class_per_task, len(tasks)
+        fast = [b.clone() if head else torch.zeros_like(b) for b, head in zip(base, self.is_head)]
+        fast_theta = [f for f, head in zip(fast, self.is_head) if not head]
+        theta = [p for p, head in zip(self.params, self.is_head) if not head]
+        fast_buffers = [torch.zeros_like(b) for b in base_buffers]
+        losses = []
+        for k in tasks:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, base)
+                if self.buffers:
+                    torch._foreach_copy_(self.buffers, base_buffers)
+            mask = (y // cpt) == k
+            losses.append(self.inner_loop(x[mask], y[mask], k))
+            with torch.no_grad():
+                torch._foreach_add_(fast_theta, theta, alpha=1.0 / n)   # mean_k θ_k
+                for f, p, head in zip(fast, self.params, self.is_head):
+                    if head:
+                        f[task_slice(k, cpt)] = p[task_slice(k, cpt)]  # φ_k, task k's rows only
+                if self.buffers:
+                    torch._foreach_add_(fast_buffers, self.buffers, alpha=1.0 / n)
+        return losses, fast, fast_buffers
+
+    def _official_fast_weights(self, x, y, tasks, base_buffers):
+        """The release's effective update: tasks trained one after another from the live weights
+        with one shared optimizer (its per-task reset was a no-op, deviation 1), and the "mean" is
+        the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
+        cpt = self.cfg.class_per_task
+        losses = []
+        for k in tasks:
+            mask = (y // cpt) == k
+            losses.append(self.inner_loop(x[mask], y[mask], k))
+        with torch.no_grad():
+            last = [p.detach().clone() for p in self.params]
+        return losses, last, None
+
+    def train_session(self, loader, desc="train"):
+        """All epochs of one session; the last epoch's model is kept (no test-set model selection)."""
+        self.model.train()
+        bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", disable=None, leave=False)
+        loss = float("nan")
+        for epoch in bar:
+            self.set_lr(lr_at(self.cfg, epoch))
+            losses = [self.meta_step(x.to(self.device), y.to(self.device)) for x, y in loader]
+            loss = float(np.mean(losses))
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
+        return loss
+
+
+# ---------------------------------------------------------------- inference (Alg. 2)
+
+@torch.no_grad()
+def predict_logits(model, loader, device):
+    """Logits and labels over a loader, in loader order."""
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        outs.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def task_scores(logits, num_tasks, class_per_task):
+    """s[n, k]: the largest logit of sample n in task k's slice of the head."""
+    seen = logits[:, :num_tasks * class_per_task]
+    return seen.reshape(len(logits), num_tasks, class_per_task).amax(2)
+
+
+def continuum_ids(true_task, size, generator):
+    """Cut each task's samples, shuffled, into continua of ``size``; each sample's continuum id.
+
+    A continuum holds samples of one task only (the paper's assumption, confirmed by the authors);
+    the last continuum of a task may be shorter.
+    """
+    ids = torch.empty_like(true_task)
+    next_id = 0
+    for k in torch.unique(true_task).tolist():
+        members = torch.nonzero(true_task == k).squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        ids[members] = next_id + torch.arange(len(members)) // size
+        next_id += (len(members) + size - 1) // size
+    return ids
+
+
+def predict_tasks(scores, continuum):
+    """The task of each continuum: argmax_k of the mean over its samples of s[n, k]."""
+    num = int(continuum.max()) + 1
+    sums = scores.new_zeros(num, scores.shape[1]).index_add_(0, continuum, scores)
+    counts = torch.bincount(continuum, minlength=num).to(scores.dtype)
+    return (sums / counts[:, None]).argmax(1)[continuum]
+
+
+def adapt(model, data, memory, k, cfg, device, seed):
+    """The "single update": a copy of the model fine-tuned on task k's exemplars (release: Adam,
+    lr 1e-3, one epoch, batch 64, BCE on the slice, training transforms)."""
+    adapted = copy.deepcopy(model)
+    indices = memory.indices(data.task_classes(k))
+    if len(indices) == 0 or cfg.adapt_epochs == 0:
+        return adapted
+    adapted.train()
+    opt = torch.optim.Adam(adapted.parameters(), lr=cfg.adapt_lr)
+    loader = data.loader(data.train_set, indices, cfg.adapt_batch, shuffle=True, seed=seed)
+    for _ in range(cfg.adapt_epochs):
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            task_loss(adapted(x.to(device)), y.to(device), k, cfg.class_per_task).backward()
+            opt.step()
+    return adapted
+
+
+def accuracy(pred, labels):
+    return 100.0 * (pred == labels).double().mean().item() if len(labels) else float("nan")
+
+
+def evaluate(model, data, memory, session, cfg, device, seed=0):
+    """All four protocols over every seen class after ``session``; one adaptation per task."""
+    cpt, num_tasks = cfg.class_per_task, session + 1
+    indices = data.seen_test_indices(session)
+    logits, labels = predict_logits(
+        model, data.loader(data.test_set, indices, cfg.test_batch), device)
+    true_task = labels // cpt
+    scores = task_scores(logits, num_tasks, cpt)
+    generator = torch.Generator().manual_seed(seed)
+    routes = {  # which adapted model classifies each sample, per protocol
+        "task_agnostic": predict_tasks(scores, continuum_ids(true_task, cfg.continuum, generator)),
+        "per_sample": scores.argmax(1),
+        "task_aware": true_task,
+    }
+    preds = {name: torch.full_like(labels, -1) for name in routes}
+    preds["base"] = logits[:, :num_tasks * cpt].argmax(1)
+    for k in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=None, leave=False):
+        positions = torch.nonzero(sum((r == k).long() for r in routes.values()) > 0).squeeze(1)
+        if len(positions) == 0:
+            continue
+        # No adaptation at session 0: there are no exemplars of other tasks to tell apart yet.
+        adapted = model if session == 0 else adapt(model, data, memory, k, cfg, device, seed + k)
+        logits_k, _ = predict_logits(
+            adapted, data.loader(data.test_set, indices[positions.numpy()], cfg.test_batch), device)
+        within = logits_k[:, task_slice(k, cpt)].argmax(1) + k * cpt
+        for name, route in routes.items():
+            chosen = route[positions] == k
+            preds[name][positions[chosen]] = within[chosen]
+    results = {f"acc_{name}": accuracy(pred, labels) for name, pred in preds.items()}
+    results["task_prediction_acc"] = accuracy(routes["task_agnostic"], true_task)
+    results["task_prediction_acc_per_sample"] = accuracy(routes["per_sample"], true_task)
+    results["per_task"] = {name: [accuracy(pred[true_task == j], labels[true_task == j])
+                                  for j in range(num_tasks)] for name, pred in preds.items()}
+    results["num_test_samples"] = len(labels)
+    return results

@@ -1,0 +1,76 @@
+"""Every bad ``args`` gets one sentence naming the field, before any data is read."""
+import pytest
+
+import train_digits
+import train_mnist
+from utils.config import SCHEMA, check_args
+from utils.errors import ConfigError
+from utils.session import parse_start, resolve_device, run
+
+
+def shrunk(**over):
+    return type("args", (train_digits.args,), over)
+
+
+@pytest.mark.parametrize("script", [train_digits, train_mnist])
+def test_shipped_args_are_valid_and_complete(script):
+    cfg = check_args(script.args)
+    assert set(vars(cfg)) == set(SCHEMA)
+    assert all(hasattr(script.args, name) for name in SCHEMA)  # every field written out
+
+
+@pytest.mark.parametrize("over,pattern", [
+    ({"class_per_task": 3, "num_task": 3}, r"args.class_per_task = 3 does not divide args.num_class = 10"),
+    ({"num_task": 4}, r"args.num_task \* args.class_per_task = 4 \* 2 != args.num_class = 10; set num_task = 5"),
+    ({"memory": 9}, r"args.memory = 9 is smaller than args.num_class = 10"),
+    ({"dataset": "imagenet"}, r"args.dataset = 'imagenet' is invalid; it must be one of 'mnist', 'digits'"),
+    ({"optimizer": "adagrad"}, r"args.optimizer = 'adagrad' is invalid; it must be one of 'sgd', 'adam', 'radam'"),
+    ({"variant": "reptile"}, r"args.variant = 'reptile' is invalid; it must be one of 'paper', 'official'"),
+    ({"selection": "kmeans"}, r"args.selection = 'kmeans' is invalid"),
+    ({"class_order": "random"}, r"args.class_order = 'random' is invalid"),
+    ({"lr": "0.1"}, r"args.lr = '0.1' is invalid; it must be a number > 0.0"),
+    ({"epochs": 2.5}, r"args.epochs = 2.5 is invalid; it must be an integer >= 1"),
+    ({"r": True}, r"args.r = True is invalid"),
+    ({"continuum": 0}, r"args.continuum = 0 is invalid"),
+    ({"schedule": [5, "x"]}, r"args.schedule = \[5, 'x'\] is invalid; it must be a list of epoch numbers"),
+    ({"clas_per_task": 2}, r"args.clas_per_task is not a known field \(did you mean 'class_per_task'\?\)"),
+])
+def test_bad_args_one_sentence(over, pattern):
+    with pytest.raises(ConfigError, match=pattern) as err:
+        check_args(shrunk(**over))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_field_is_named():
+    class partial:
+        pass
+    for name in SCHEMA:
+        if name != "device":
+            setattr(partial, name, getattr(train_digits.args, name))
+    delattr(partial, "beta")
+    with pytest.raises(ConfigError, match=r"args.beta is missing; add it to the args class"):
+        check_args(partial)
+    partial.beta = 1.0
+    assert check_args(partial).device == "auto"  # the one field with a default
+
+
+@pytest.mark.parametrize("start", [-1, 5, 7])
+def test_start_task_out_of_range(start, tmp_path):
+    args = shrunk(checkpoint=str(tmp_path / "r"), savepoint=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match=rf"the start task {start} is outside 0..4 \(args.num_task = 5\)"):
+        run(args, start)
+    assert not (tmp_path / "r").exists()  # nothing written for bad input
+
+
+def test_start_task_must_be_an_integer():
+    with pytest.raises(ConfigError, match="the start task must be one integer, got 'two'"):
+        parse_start(["two"], "train_digits.py")
+    assert parse_start([]) == 0 and parse_start(["3"]) == 3 and parse_start(["-1"]) == -1
+
+
+def test_cuda_without_gpu(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"args.device = 'cuda' but no GPU is visible"):
+        resolve_device("cuda")
+    assert str(resolve_device("auto")) == "cpu"

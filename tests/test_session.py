@@ -1,0 +1,178 @@
+"""The shared session loop: an end-to-end run, resume, never overwriting, corrupt checkpoints, CLI."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from utils.errors import ConfigError
+from utils.session import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCURACY_KEYS = ["acc_task_agnostic", "acc_per_sample", "acc_task_aware", "acc_base",
+                 "task_prediction_acc", "task_prediction_acc_per_sample", "per_task"]
+
+
+def moved(args, tmp_path, name):
+    return type("args", (args,), {"checkpoint": str(tmp_path / name / "results"),
+                                  "savepoint": str(tmp_path / name / "models")})
+
+
+def snapshot(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Sessions 0..2 of the shrunk demo, run once for the tests of this module."""
+    import train_digits
+    tmp = tmp_path_factory.mktemp("full")
+
+    class args(train_digits.args):
+        checkpoint = str(tmp / "results")
+        savepoint = str(tmp / "models")
+        num_class, num_task, epochs, schedule, memory = 6, 3, 2, [1], 30
+    records = run(args, 0, "train_digits.py")
+    return args, records
+
+
+def test_end_to_end_files_and_records(full_run):
+    args, records = full_run
+    assert [r["session"] for r in records] == [0, 1, 2]
+    for t, record in enumerate(records):
+        saved = json.load(open(os.path.join(args.checkpoint, f"session_{t}.json")))
+        assert saved["seen_classes"] == 2 * (t + 1) and saved["continuum"] == 20
+        for key in ACCURACY_KEYS + ["session", "seconds"]:
+            assert key in saved
+        for name in ("task_agnostic", "per_sample", "task_aware", "base"):
+            assert len(saved["per_task"][name]) == t + 1
+        assert 0.0 <= saved["acc_task_agnostic"] <= 100.0
+        assert saved["memory_exemplars"] == 30 // (2 * (t + 1)) * 2 * (t + 1)
+        assert os.path.exists(os.path.join(args.savepoint, f"session_{t}_model.pt"))
+        memory = json.load(open(os.path.join(args.savepoint, f"session_{t}_memory.json")))
+        assert sorted(map(int, memory["exemplars"])) == list(range(2 * (t + 1)))
+    assert records[0]["eta"] == 1.0 and records[2]["eta"] < records[1]["eta"] < 1.0
+    rows = list(csv.DictReader(open(os.path.join(args.checkpoint, "summary.csv"))))
+    assert [int(r["session"]) for r in rows] == [0, 1, 2]
+    assert float(rows[2]["acc_task_aware"]) == pytest.approx(records[2]["acc_task_aware"], abs=0.01)
+    assert json.load(open(os.path.join(args.checkpoint, "class_order.json"))) == {
+        "class_order": [0, 1, 2, 3, 4, 5]}
+    log = open(os.path.join(args.checkpoint, "log.txt")).read()
+    assert "task-agnostic, continuum of 20 (the paper's number)" in log
+    assert "session 2: 6 classes seen" in log
+
+
+def test_resume_matches_the_uninterrupted_run(full_run, tmp_path):
+    args, records = full_run
+    resumed = moved(args, tmp_path, "resumed")
+    os.makedirs(resumed.checkpoint)
+    os.makedirs(resumed.savepoint)
+    for name in ("class_order.json", "session_0.json", "session_1.json"):
+        shutil.copy(os.path.join(args.checkpoint, name), resumed.checkpoint)
+    for name in ("session_0_model.pt", "session_0_memory.json",
+                 "session_1_model.pt", "session_1_memory.json"):
+        shutil.copy(os.path.join(args.savepoint, name), resumed.savepoint)
+    before = snapshot(os.path.dirname(resumed.checkpoint))
+    again = run(resumed, 2, "train_digits.py")
+    assert [r["session"] for r in again] == [2]
+    for key in ACCURACY_KEYS:
+        assert again[0][key] == records[2][key], key
+    a = torch.load(os.path.join(args.savepoint, "session_2_model.pt"), weights_only=True)
+    b = torch.load(os.path.join(resumed.savepoint, "session_2_model.pt"), weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    after = snapshot(os.path.dirname(resumed.checkpoint))
+    assert all(after[name] == data for name, data in before.items())  # earlier files untouched
+    rows = list(csv.DictReader(open(os.path.join(resumed.checkpoint, "summary.csv"))))
+    assert [int(r["session"]) for r in rows] == [0, 1, 2]
+
+
+def test_finished_sessions_are_never_overwritten(full_run):
+    args, _ = full_run
+    before = snapshot(os.path.dirname(args.checkpoint))
+    for start in (0, 1, 2):
+        with pytest.raises(ConfigError, match=r"session_\d.json already holds finished session "
+                                              r"\d, which is never overwritten; the run is complete"):
+            run(args, start, "train_digits.py")
+    assert snapshot(os.path.dirname(args.checkpoint)) == before
+
+
+def test_resume_without_predecessor(small_args):
+    with pytest.raises(ConfigError, match=r"cannot resume at task 2: .*session_1.json is missing, "
+                                          r"so session 1 never finished; run `python3 "
+                                          r"train_digits.py 0` first"):
+        run(small_args, 2, "train_digits.py")
+
+
+@pytest.fixture
+def finished_two(full_run, tmp_path):
+    """A copy of the full run with sessions 0 and 1 only, ready to resume at task 2."""
+    args, _ = full_run
+    copy = moved(args, tmp_path, "copy")
+    shutil.copytree(args.checkpoint, copy.checkpoint)
+    shutil.copytree(args.savepoint, copy.savepoint)
+    os.remove(os.path.join(copy.checkpoint, "session_2.json"))
+    return copy
+
+
+@pytest.mark.parametrize("folder,name,content,pattern", [
+    ("savepoint", "session_1_model.pt", b"not a checkpoint", r"session_1_model.pt is corrupt"),
+    ("savepoint", "session_1_model.pt", None, r"session_1_model.pt is missing"),
+    ("savepoint", "session_1_memory.json", b"{\"size\": 3", r"session_1_memory.json is corrupt"),
+    ("savepoint", "session_1_memory.json", b"{\"size\": 30}", r"session_1_memory.json is corrupt or does not match"),
+    ("checkpoint", "class_order.json", b"[1, 2", r"class_order.json is corrupt"),
+    ("checkpoint", "class_order.json", b"{\"class_order\": [0, 0, 1, 2, 3, 4]}", r"class_order.json is corrupt or does not hold"),
+])
+def test_corrupt_or_missing_checkpoint_files(finished_two, folder, name, content, pattern):
+    path = os.path.join(getattr(finished_two, folder), name)
+    if content is None:
+        os.remove(path)
+    else:
+        open(path, "wb").write(content)
+    with pytest.raises(ConfigError, match=pattern) as err:
+        run(finished_two, 2, "train_digits.py")
+    assert "train_digits.py 1" in str(err.value) or "class_order" in name
+    assert not os.path.exists(os.path.join(finished_two.checkpoint, "session_2.json"))
+
+
+def test_model_of_another_configuration(finished_two):
+    path = os.path.join(finished_two.savepoint, "session_1_model.pt")
+    torch.save({"head.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(ConfigError, match="does not fit the network of this args"):
+        run(finished_two, 2, "train_digits.py")
+
+
+def run_script(args_text, cwd, *argv):
+    """Run a copy of train_digits.py whose args class is edited, as a user would edit it."""
+    src = open(os.path.join(ROOT, "train_digits.py")).read()
+    for old, new in args_text:
+        assert old in src
+        src = src.replace(old, new)
+    (cwd / "train_digits.py").write_text(src)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "train_digits.py", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_bad_input_is_one_line_with_status_2(tmp_path):
+    done = run_script([("class_per_task = 2 ", "class_per_task = 3 ")], tmp_path, "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith("error: args.class_per_task = 3 does not divide")
+    done = run_script([], tmp_path, "9")
+    assert done.returncode == 2 and "the start task 9 is outside 0..4" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_demo_script_reaches_the_promised_accuracy(tmp_path):
+    """`python3 train_digits.py 0` as shipped: five sessions, ≥ 80% task-agnostic at the end."""
+    done = run_script([], tmp_path, "0")
+    assert done.returncode == 0, done.stderr
+    final = json.load(open(tmp_path / "results" / "digits" / "demo" / "session_4.json"))
+    assert final["seen_classes"] == 10
+    assert final["acc_task_agnostic"] >= 80.0
+    assert "session 4: 10 classes seen" in done.stdout

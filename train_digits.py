@@ -1,0 +1,43 @@
+"""iTAML on scikit-learn's bundled 8×8 digits: the offline demo (`python3 train_digits.py 0`)."""
+from utils.session import main
+
+
+class args:
+    dataset = "digits"                  # scikit-learn's digits, shipped with the package: no download
+    checkpoint = "results/digits/demo"  # session JSONs, summary.csv, class order, log
+    savepoint = "models/" + "/".join(checkpoint.split("/")[1:])  # models and replay memories
+    data_path = ""                      # unused for digits (the data ship with scikit-learn)
+
+    num_class = 10                      # classes in the run
+    class_per_task = 2                  # classes a task
+    num_task = 5                        # tasks (num_task * class_per_task == num_class)
+    class_order = "natural"             # "natural" (0, 1, …) or "shuffled" (seeded by `seed`)
+    seed = 0                            # seeds the split, class order, memory, loaders and init
+
+    memory = 400                        # exemplars kept in total, split equally over seen classes
+    selection = "random"                # exemplar choice: "random" (seeded) or "herding" (iCaRL)
+
+    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    beta = 0.5                          # η = exp(−beta·t/num_task), t the 0-based session
+    r = 1                               # inner-loop optimizer steps per task and mini-batch
+
+    optimizer = "sgd"                   # "sgd", "adam" or "radam"
+    lr = 0.1                            # learning rate of the inner loop
+    momentum = 0.9                      # SGD momentum (ignored by adam and radam)
+    weight_decay = 1e-3                 # L2 penalty of the optimizer
+    epochs = 10                         # epochs a session; the last epoch's model is kept
+    schedule = [4, 8]                   # epochs at which the learning rate is multiplied by gamma
+    gamma = 0.5                         # learning-rate decay factor
+    train_batch = 64                    # mini-batch of Alg. 1 (new task and memory shuffled)
+    test_batch = 256                    # evaluation batch
+    num_workers = 0                     # DataLoader workers (0: the data are in memory already)
+
+    continuum = 20                      # test samples a continuum shares (the paper's p)
+    adapt_lr = 1e-3                     # "single update": Adam learning rate
+    adapt_epochs = 1                    # "single update": epochs over the task's exemplars
+    adapt_batch = 64                    # "single update": batch size
+    device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+
+
+if __name__ == "__main__":
+    main(args)

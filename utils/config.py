@@ -1,0 +1,124 @@
+"""Checks a user's ``args`` class and turns it into a plain namespace.
+
+One schema lists every field, what it accepts and what it means, so a typo or a wrong value is caught
+before any data is read, with one sentence naming the field. The ``train_<dataset>.py`` scripts give every
+field explicitly; the few with defaults are the ones later options added.
+"""
+import difflib
+from numbers import Integral, Real
+from types import SimpleNamespace
+
+from utils.errors import ConfigError
+
+REQUIRED = object()
+
+
+def _int(low=None):
+    def check(v):
+        return isinstance(v, Integral) and not isinstance(v, bool) and (low is None or v >= low)
+    return check, f"an integer{'' if low is None else f' >= {low}'}"
+
+
+def _real(low=0.0, strict=False):
+    def check(v):
+        if not isinstance(v, Real) or isinstance(v, bool):
+            return False
+        return v > low if strict else v >= low
+    return check, f"a number {'>' if strict else '>='} {low}"
+
+
+def _choice(*options):
+    return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
+
+
+def _str(empty=False):
+    return (lambda v: isinstance(v, str) and (empty or v != "")), "a string" if empty else "a non-empty string"
+
+
+def _milestones():
+    def check(v):
+        return isinstance(v, (list, tuple)) and all(
+            isinstance(e, Integral) and not isinstance(e, bool) and e >= 0 for e in v)
+    return check, "a list of epoch numbers >= 0"
+
+
+def _device():
+    def check(v):
+        return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
+    return check, "'auto', 'cpu' or 'cuda[:N]'"
+
+
+# field -> (check, description of valid values, default)
+SCHEMA = {
+    "dataset": (*_choice("mnist", "digits"), REQUIRED),
+    "checkpoint": (*_str(), REQUIRED),
+    "savepoint": (*_str(), REQUIRED),
+    "data_path": (*_str(empty=True), REQUIRED),
+    "num_class": (*_int(1), REQUIRED),
+    "class_per_task": (*_int(1), REQUIRED),
+    "num_task": (*_int(1), REQUIRED),
+    "class_order": (*_choice("natural", "shuffled"), REQUIRED),
+    "seed": (*_int(0), REQUIRED),
+    "memory": (*_int(1), REQUIRED),
+    "selection": (*_choice("random", "herding"), REQUIRED),
+    "variant": (*_choice("paper", "official"), REQUIRED),
+    "beta": (*_real(0.0), REQUIRED),
+    "r": (*_int(1), REQUIRED),
+    "optimizer": (*_choice("sgd", "adam", "radam"), REQUIRED),
+    "lr": (*_real(0.0, strict=True), REQUIRED),
+    "momentum": (*_real(0.0), REQUIRED),
+    "weight_decay": (*_real(0.0), REQUIRED),
+    "epochs": (*_int(1), REQUIRED),
+    "schedule": (*_milestones(), REQUIRED),
+    "gamma": (*_real(0.0, strict=True), REQUIRED),
+    "train_batch": (*_int(1), REQUIRED),
+    "test_batch": (*_int(1), REQUIRED),
+    "num_workers": (*_int(0), REQUIRED),
+    "continuum": (*_int(1), REQUIRED),
+    "adapt_lr": (*_real(0.0), REQUIRED),
+    "adapt_epochs": (*_int(0), REQUIRED),
+    "adapt_batch": (*_int(1), REQUIRED),
+    "device": (*_device(), "auto"),
+}
+
+
+def check_args(args):
+    """Validate a user's ``args`` class (or object); return a SimpleNamespace of every field."""
+    given = {k: getattr(args, k) for k in dir(args) if not k.startswith("_")}
+    given = {k: v for k, v in given.items() if not callable(v)}
+    for name in given:
+        if name not in SCHEMA:
+            close = difflib.get_close_matches(name, SCHEMA, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"args.{name} is not a known field{hint}; the fields are: "
+                              f"{', '.join(SCHEMA)}.")
+    values = {}
+    for name, (check, valid, default) in SCHEMA.items():
+        if name not in given:
+            if default is REQUIRED:
+                raise ConfigError(f"args.{name} is missing; add it to the args class ({valid}).")
+            values[name] = default
+            continue
+        if not check(given[name]):
+            raise ConfigError(f"args.{name} = {given[name]!r} is invalid; it must be {valid}.")
+        values[name] = given[name]
+    cfg = SimpleNamespace(**values)
+    cfg.schedule = list(cfg.schedule)
+    _check_split(cfg)
+    return cfg
+
+
+def _check_split(cfg):
+    """The class-incremental split must be exact: T tasks of C classes cover num_class classes."""
+    if cfg.num_class % cfg.class_per_task:
+        raise ConfigError(f"args.class_per_task = {cfg.class_per_task} does not divide "
+                          f"args.num_class = {cfg.num_class}; pick a divisor so every task has the "
+                          "same number of classes.")
+    if cfg.num_task * cfg.class_per_task != cfg.num_class:
+        raise ConfigError(f"args.num_task * args.class_per_task = {cfg.num_task} * "
+                          f"{cfg.class_per_task} != args.num_class = {cfg.num_class}; set "
+                          f"num_task = {cfg.num_class // cfg.class_per_task}.")
+    if cfg.memory < cfg.num_class:
+        raise ConfigError(f"args.memory = {cfg.memory} is smaller than args.num_class = "
+                          f"{cfg.num_class}, so the last session could keep no exemplar of some "
+                          "classes; give at least one exemplar a class.")

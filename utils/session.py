@@ -1,0 +1,168 @@
+"""The one session loop behind every ``train_<dataset>.py``: ``python3 train_X.py [start_task]``.
+
+Session t trains on D(t) ∪ M(t−1), updates the replay memory to M(t), evaluates every protocol over the
+classes seen so far, and saves model, memory and record. Each session reseeds from (args.seed, t), so
+resuming at t gives the same numbers as an uninterrupted run on the same device.
+"""
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from incremental_dataloader import IncrementalData, ReplayMemory
+from learner_task_itaml import MetaLearner, evaluate
+from resnet import build_network
+from utils.checkpoint import RunStore, write_json, write_text
+from utils.config import check_args
+from utils.errors import ConfigError
+from utils.logger import get_logger
+from utils.records import format_table, summary_csv
+
+
+def main(args, argv=None):
+    """Command-line entry: bad input ends with one sentence on stderr and exit status 2."""
+    argv = sys.argv if argv is None else argv
+    script = os.path.basename(argv[0]) if argv else "train.py"
+    try:
+        run(args, parse_start(argv[1:], script), script)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+
+
+def parse_start(rest, script="train.py"):
+    if not rest:
+        return 0
+    if len(rest) > 1 or not rest[0].lstrip("-").isdigit():
+        raise ConfigError(f"the start task must be one integer, got {' '.join(rest)!r}; usage: "
+                          f"python3 {script} [start_task]")
+    return int(rest[0])
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"args.device = {name!r} but no GPU is visible (check "
+                          "CUDA_VISIBLE_DEVICES); use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def session_seed(cfg, t):
+    return cfg.seed * 1000 + t
+
+
+def run(args, start=0, script="train.py"):
+    """Run sessions ``start`` … T−1; returns the records of the sessions it ran."""
+    cfg = check_args(args)
+    if not 0 <= start < cfg.num_task:
+        raise ConfigError(f"the start task {start} is outside 0..{cfg.num_task - 1} "
+                          f"(args.num_task = {cfg.num_task}).")
+    device = resolve_device(cfg.device)
+    store = RunStore(cfg, script)
+    store.check_start(start)
+    model, memory, data = _prepare(cfg, store, start, device)  # reads everything, writes nothing
+    log = get_logger(cfg.checkpoint)
+    if start == 0:
+        write_json(store.class_order_file, {"class_order": data.class_order})
+    log.info(f"{script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
+             f"{cfg.num_task - 1} on {device}; "
+             + (f"resuming from session {start - 1} in {cfg.savepoint}; " if start else "")
+             + f"results to {cfg.checkpoint}, weights to {cfg.savepoint}")
+    records = []
+    t = start
+    try:
+        for t in range(start, cfg.num_task):
+            records.append(run_session(cfg, store, data, model, memory, t, device, log))
+    except KeyboardInterrupt:
+        log.error(f"interrupted in session {t}; sessions before it are saved: resume with "
+                  f"`python3 {script} {t}`.")
+        sys.exit(130)
+    return records
+
+
+def _prepare(cfg, store, start, device):
+    """Fresh model and memory at task 0; otherwise session start−1's model, memory and class order."""
+    if start == 0:
+        data = IncrementalData(cfg)
+        memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
+    else:
+        prev = start - 1
+        data = IncrementalData(cfg, _load_class_order(cfg, store, prev))
+        memory = _load_memory(cfg, store, data, prev)
+        state = store.load_model_state(prev)
+    torch.manual_seed(cfg.seed)
+    model = build_network(cfg.dataset, data.input_shape, cfg.num_class)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError:
+            raise ConfigError(f"{store.model_file(start - 1)} does not fit the network of this "
+                              f"args (dataset {cfg.dataset!r}, num_class {cfg.num_class}); was it "
+                              "written by another configuration?") from None
+    return model.to(device), memory, data
+
+
+def _load_class_order(cfg, store, t):
+    order = store.read_json(store.class_order_file, t)
+    order = order.get("class_order") if isinstance(order, dict) else None
+    if (not isinstance(order, list) or len(order) != cfg.num_class or len(set(order)) != len(order)
+            or not all(isinstance(c, int) for c in order)):
+        raise ConfigError(f"{store.class_order_file} is corrupt or does not hold "
+                          f"args.num_class = {cfg.num_class} distinct classes; restore it or start "
+                          "again at task 0 with a new args.checkpoint.")
+    return order
+
+
+def _load_memory(cfg, store, data, t):
+    path = store.memory_file(t)
+    state = store.read_json(path, t)
+    try:
+        memory = ReplayMemory.from_state(state)
+        for c in memory.classes():
+            if not np.all(data.train_labels[memory.exemplars[c]] == c):
+                raise ValueError(f"class {c}")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise ConfigError(f"{path} is corrupt or does not match the training set; move "
+                          f"{store.session_json(t)} away and run `python3 {store.script} {t}` "
+                          f"to redo session {t}.") from None
+    expected = set(range((t + 1) * cfg.class_per_task))
+    if set(memory.classes()) != expected:
+        raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} should "
+                          f"leave exemplars of classes 0..{max(expected)}; run "
+                          f"`python3 {store.script} {t}` on a clean copy.")
+    memory.size, memory.selection = cfg.memory, cfg.selection
+    return memory
+
+
+def run_session(cfg, store, data, model, memory, t, device, log):
+    """Train on task t plus the memory, update the memory, evaluate, save; returns the record."""
+    began = time.time()
+    seed = session_seed(cfg, t)
+    torch.manual_seed(seed)
+    learner = MetaLearner(model, cfg, t, device)
+    loss = learner.train_session(data.train_loader(t, memory, seed),
+                                 desc=f"session {t}/{cfg.num_task - 1}")
+    trained = time.time()
+    memory.update(data, data.task_classes(t), t, model, device)
+    results = evaluate(model, data, memory, t, cfg, device, seed)
+    done = time.time()
+    record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
+              "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
+              "final_train_loss": loss, "memory_exemplars": len(memory),
+              "train_seconds": trained - began, "eval_seconds": done - trained,
+              "seconds": done - began, "device": str(device), "args": vars(cfg)}
+    store.save_model(t, model)
+    write_json(store.memory_file(t), memory.state_dict())
+    earlier = [store.read_json(store.session_json(s), s) for s in range(t)
+               if os.path.exists(store.session_json(s))]
+    write_text(store.summary_file, summary_csv(earlier + [record]))
+    write_json(store.session_json(t), record)  # written last: the session is now finished
+    log.info(format_table(record))
+    return record
+
+
+logging.getLogger("itaml").addHandler(logging.NullHandler())
