@@ -171,7 +171,8 @@ class IncrementalData:
 class ReplayMemory:
     """At most ``size`` exemplars, split equally over the classes seen so far.
 
-    Each class's exemplars are kept in priority order (a seeded shuffle, or herding order), so when new
+    Each class's exemplars are kept in priority order (a seeded shuffle, herding order, or data-set
+    order for the release's "first" selection), so when new
     classes arrive and the per-class quota shrinks, a class keeps its first ``quota`` exemplars.
     """
 
@@ -203,6 +204,8 @@ class ReplayMemory:
             if self.selection == "random":
                 rng = np.random.default_rng([self.seed, session, c])
                 chosen = rng.permutation(candidates)[:m]
+            elif self.selection == "first":  # the release: the first m in data-set order
+                chosen = candidates[:m]
             else:
                 feats = extract_features(model, data, candidates, device)
                 chosen = candidates[herding(feats, m)]

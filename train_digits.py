@@ -15,7 +15,7 @@ class args:
     seed = 0                            # seeds the split, class order, memory, loaders and init
 
     memory = 400                        # exemplars kept in total, split equally over seen classes
-    selection = "random"                # exemplar choice: "random" (seeded) or "herding" (iCaRL)
+    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
 
     variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
     beta = 0.5                          # η = exp(−beta·t/num_task), t the 0-based session

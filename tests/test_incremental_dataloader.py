@@ -174,6 +174,17 @@ def test_memory_random_selection_is_seeded(cfg_factory):
     assert picks[0] == picks[1] != picks[2]
 
 
+def test_memory_first_selection_is_the_releases_data_set_order(cfg_factory):
+    cfg = cfg_factory(num_class=6, class_per_task=2, num_task=3)
+    data = D.IncrementalData(cfg, source=synthetic_source(per_class=10))
+    memory = D.ReplayMemory(8, "first")
+    memory.update(data, [0, 1], session=0)
+    assert memory.exemplars[0].tolist() == [0, 1, 2, 3]
+    assert memory.exemplars[1].tolist() == [10, 11, 12, 13]
+    memory.update(data, [2, 3], session=1)
+    assert memory.exemplars[0].tolist() == [0, 1] and memory.exemplars[3].tolist() == [30, 31]
+
+
 def test_memory_state_round_trip():
     memory = D.ReplayMemory(10, "herding", seed=4)
     memory.exemplars = {0: np.array([3, 1]), 1: np.array([7])}

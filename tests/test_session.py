@@ -176,3 +176,46 @@ def test_demo_script_reaches_the_promised_accuracy(tmp_path):
     assert final["seen_classes"] == 10
     assert final["acc_task_agnostic"] >= 80.0
     assert "session 4: 10 classes seen" in done.stdout
+
+
+def test_mnist_run_through_the_real_files(tmp_path):
+    """Two sessions of train_mnist.py's args on a tiny MNIST written in its idx format."""
+    import train_mnist
+    from test_incremental_dataloader import write_fake_mnist
+    write_fake_mnist(tmp_path / "data", per_class_train=6, per_class_test=3)
+
+    class args(train_mnist.args):
+        data_path = str(tmp_path / "data")
+        checkpoint = str(tmp_path / "results")
+        savepoint = str(tmp_path / "models")
+        epochs, schedule, memory, num_class, num_task, train_batch = 1, [], 10, 4, 2, 8
+    records = run(args, 0, "train_mnist.py")
+    assert [r["seen_classes"] for r in records] == [2, 4]
+    assert records[1]["num_test_samples"] == 12 and records[1]["memory_exemplars"] == 8
+
+
+@pytest.mark.parametrize("over", [{"variant": "official"}, {"selection": "herding"},
+                                  {"class_order": "shuffled", "optimizer": "radam", "r": 2}])
+def test_other_switches_run_end_to_end(small_args, over):
+    args = type("args", (small_args,), dict(over, num_task=2, num_class=4))
+    records = run(args, 0, "train_digits.py")
+    assert [r["session"] for r in records] == [0, 1]
+    for key, value in over.items():
+        assert records[-1]["args"][key] == value
+    order = json.load(open(os.path.join(args.checkpoint, "class_order.json")))["class_order"]
+    assert (order == [0, 1, 2, 3]) == (over.get("class_order", "natural") == "natural")
+
+
+def test_missing_data_writes_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets
+    import train_mnist
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download",
+                        lambda self: (_ for _ in ()).throw(OSError("offline")))
+
+    class args(train_mnist.args):
+        data_path = str(tmp_path / "data")
+        checkpoint = str(tmp_path / "results")
+        savepoint = str(tmp_path / "models")
+    with pytest.raises(ConfigError, match="MNIST is not in args.data_path"):
+        run(args, 0, "train_mnist.py")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "models").exists()

@@ -60,7 +60,7 @@ SCHEMA = {
     "class_order": (*_choice("natural", "shuffled"), REQUIRED),
     "seed": (*_int(0), REQUIRED),
     "memory": (*_int(1), REQUIRED),
-    "selection": (*_choice("random", "herding"), REQUIRED),
+    "selection": (*_choice("random", "herding", "first"), REQUIRED),
     "variant": (*_choice("paper", "official"), REQUIRED),
     "beta": (*_real(0.0), REQUIRED),
     "r": (*_int(1), REQUIRED),
