@@ -64,8 +64,8 @@ def _read_mnist(root, train):
     except Exception as e:  # torchvision's idx reader raises several types on truncated files
         if not (isinstance(e, RuntimeError) and "Dataset not found" in str(e)):
             raise ConfigError(f"MNIST's {split} files under args.data_path = {root!r} are corrupt "
-                              f"({type(e).__name__}: {e}); delete {os.path.join(root, 'MNIST')} and run again to "
-                              "download them.") from e
+                              f"({type(e).__name__}: {e}); delete {os.path.join(root, 'MNIST')} "
+                              "and run again to download them.") from e
     try:
         return datasets.MNIST(root, train=train, download=True)
     except Exception as e:  # no network, a mirror down, a read-only folder: all mean "get it by hand"

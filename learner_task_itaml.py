@@ -92,7 +92,7 @@ class MetaLearner:
         if self.cfg.variant == "paper":
             losses, fast, fast_buffers = self._paper_fast_weights(x, y, tasks, base, base_buffers)
         else:
-            losses, fast, fast_buffers = self._official_fast_weights(x, y, tasks, base_buffers)
+            losses, fast, fast_buffers = self._official_fast_weights(x, y, tasks)
         with torch.no_grad():
             # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base, Φ_fast being mean_k θ_k for θ and the
             # slices φ_k of the tasks in the batch for the head (other slices keep their base value).
@@ -127,7 +127,7 @@ class MetaLearner:
                     torch._foreach_add_(fast_buffers, self.buffers, alpha=1.0 / n)
         return losses, fast, fast_buffers
 
-    def _official_fast_weights(self, x, y, tasks, base_buffers):
+    def _official_fast_weights(self, x, y, tasks):
         """The release's effective update: tasks trained one after another from the live weights
         with one shared optimizer (its per-task reset was a no-op, deviation 1), and the "mean" is
         the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
@@ -136,9 +136,7 @@ class MetaLearner:
         for k in tasks:
             mask = (y // cpt) == k
             losses.append(self.inner_loop(x[mask], y[mask], k))
-        with torch.no_grad():
-            last = [p.detach().clone() for p in self.params]
-        return losses, last, None
+        return losses, [p.detach() for p in self.params], None  # the live weights: Φ_last
 
     def train_session(self, loader, desc="train"):
         """All epochs of one session; the last epoch's model is kept (no test-set model selection)."""
@@ -235,7 +233,8 @@ def evaluate(model, data, memory, session, cfg, device, seed=0):
     preds = {name: torch.full_like(labels, -1) for name in routes}
     preds["base"] = logits[:, :num_tasks * cpt].argmax(1)
     for k in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=None, leave=False):
-        positions = torch.nonzero(sum((r == k).long() for r in routes.values()) > 0).squeeze(1)
+        routed = torch.stack([route == k for route in routes.values()]).any(0)
+        positions = torch.nonzero(routed).squeeze(1)
         if len(positions) == 0:
             continue
         # No adaptation at session 0: there are no exemplars of other tasks to tell apart yet.

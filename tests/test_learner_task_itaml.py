@@ -206,3 +206,19 @@ def test_lr_schedule_steps_at_milestones(cfg_factory):
     cfg = cfg_factory(lr=0.1, gamma=0.5, schedule=[5, 10, 15])
     assert [lr_at(cfg, e) for e in (0, 4, 5, 9, 10, 15, 19)] == pytest.approx(
         [0.1, 0.1, 0.05, 0.05, 0.025, 0.0125, 0.0125])
+
+
+def test_training_shows_an_epoch_progress_bar(cfg_factory, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    x, y = batch()
+    cfg = cfg_factory(variant="paper", r=1, optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0,
+                      beta=1.0, num_class=4, class_per_task=CPT, num_task=2, epochs=3, schedule=[])
+    MetaLearner(Tiny(), cfg, session=1).train_session([(x, y)], desc="session 1/1")
+    shown = sys.stderr.getvalue()
+    assert "session 1/1" in shown and "/3 [" in shown and "epoch/s" in shown and "loss=" in shown

@@ -219,3 +219,32 @@ def test_missing_data_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="MNIST is not in args.data_path"):
         run(args, 0, "train_mnist.py")
     assert not (tmp_path / "results").exists() and not (tmp_path / "models").exists()
+
+
+def test_memory_of_the_wrong_classes(finished_two):
+    path = os.path.join(finished_two.savepoint, "session_1_memory.json")
+    state = json.load(open(path))
+    state["exemplars"].pop("3")
+    json.dump(state, open(path, "w"))
+    with pytest.raises(ConfigError, match=r"holds classes \[0, 1, 2\] but session 1 leaves "
+                                          r"exemplars of classes 0..3; move .*session_1.json away "
+                                          r"and run `python3 train_digits.py 1`"):
+        run(finished_two, 2, "train_digits.py")
+
+
+def test_ctrl_c_names_the_session_to_resume(small_args, monkeypatch, capsys):
+    import utils.session as S
+    real = S.run_session
+
+    def interrupted(cfg, store, data, model, memory, t, device, log):
+        if t == 1:
+            raise KeyboardInterrupt
+        return real(cfg, store, data, model, memory, t, device, log)
+    monkeypatch.setattr(S, "run_session", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        run(small_args, 0, "train_digits.py")
+    assert stop.value.code == 130
+    assert ("interrupted in session 1; sessions before it are saved: resume with "
+            "`python3 train_digits.py 1`") in open(os.path.join(small_args.checkpoint, "log.txt")).read()
+    assert os.path.exists(os.path.join(small_args.checkpoint, "session_0.json"))
+    assert not os.path.exists(os.path.join(small_args.checkpoint, "session_1.json"))

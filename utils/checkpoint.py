@@ -72,7 +72,7 @@ class RunStore:
         clash = [t for t in done if t >= start]
         if clash:
             nxt = max(done) + 1
-            hint = (f"the run is complete" if nxt >= self.cfg.num_task
+            hint = ("the run is complete" if nxt >= self.cfg.num_task
                     else f"resume with `python3 {self.script} {nxt}`")
             raise ConfigError(f"{self.session_json(clash[0])} already holds finished session "
                               f"{clash[0]}, which is never overwritten; {hint}, or set a new "
@@ -82,8 +82,10 @@ class RunStore:
                               f"missing, so session {start - 1} never finished; run "
                               f"`python3 {self.script} {max(done) + 1 if done else 0}` first.")
 
-    def _restart_hint(self, t):
-        return f"run `python3 {self.script} {t}` to redo session {t}"
+    def redo_hint(self, t):
+        """What to do when a file of finished session t is unusable."""
+        return (f"move {self.session_json(t)} away and run `python3 {self.script} {t}` to redo "
+                f"session {t}")
 
     def read_json(self, path, t):
         """A JSON file of session t; missing or corrupt means session t must be redone."""
@@ -94,19 +96,16 @@ class RunStore:
             problem = "is missing"
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             problem = f"is corrupt ({e})"
-        raise ConfigError(f"{path} {problem}; move {self.session_json(t)} away and "
-                          f"{self._restart_hint(t)}.")
+        raise ConfigError(f"{path} {problem}; {self.redo_hint(t)}.")
 
     def load_model_state(self, t):
         path = self.model_file(t)
         if not os.path.exists(path):
-            raise ConfigError(f"{path} is missing; move {self.session_json(t)} away and "
-                              f"{self._restart_hint(t)}.")
+            raise ConfigError(f"{path} is missing; {self.redo_hint(t)}.")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for truncated or foreign files
-            raise ConfigError(f"{path} is corrupt ({type(e).__name__}); move "
-                              f"{self.session_json(t)} away and {self._restart_hint(t)}.")
+            raise ConfigError(f"{path} is corrupt ({type(e).__name__}); {self.redo_hint(t)}.")
 
     def save_model(self, t, model):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -75,7 +75,7 @@ SCHEMA = {
     "test_batch": (*_int(1), REQUIRED),
     "num_workers": (*_int(0), REQUIRED),
     "continuum": (*_int(1), REQUIRED),
-    "adapt_lr": (*_real(0.0), REQUIRED),
+    "adapt_lr": (*_real(0.0, strict=True), REQUIRED),
     "adapt_epochs": (*_int(0), REQUIRED),
     "adapt_batch": (*_int(1), REQUIRED),
     "device": (*_device(), "auto"),

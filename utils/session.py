@@ -4,7 +4,6 @@ Session t trains on D(t) ∪ M(t−1), updates the replay memory to M(t), evalua
 classes seen so far, and saves model, memory and record. Each session reseeds from (args.seed, t), so
 resuming at t gives the same numbers as an uninterrupted run on the same device.
 """
-import logging
 import os
 import sys
 import time
@@ -126,14 +125,12 @@ def _load_memory(cfg, store, data, t):
             if not np.all(data.train_labels[memory.exemplars[c]] == c):
                 raise ValueError(f"class {c}")
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise ConfigError(f"{path} is corrupt or does not match the training set; move "
-                          f"{store.session_json(t)} away and run `python3 {store.script} {t}` "
-                          f"to redo session {t}.") from None
+        raise ConfigError(f"{path} is corrupt or does not match the training set; "
+                          f"{store.redo_hint(t)}.") from None
     expected = set(range((t + 1) * cfg.class_per_task))
     if set(memory.classes()) != expected:
-        raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} should "
-                          f"leave exemplars of classes 0..{max(expected)}; run "
-                          f"`python3 {store.script} {t}` on a clean copy.")
+        raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} leaves "
+                          f"exemplars of classes 0..{max(expected)}; {store.redo_hint(t)}.")
     memory.size, memory.selection = cfg.memory, cfg.selection
     return memory
 
@@ -164,5 +161,3 @@ def run_session(cfg, store, data, model, memory, t, device, log):
     log.info(format_table(record))
     return record
 
-
-logging.getLogger("itaml").addHandler(logging.NullHandler())
