@@ -128,6 +128,10 @@ class IncrementalData:
         if class_order is None:
             class_order = make_class_order(cfg.class_order, src.num_class, cfg.seed)[:cfg.num_class]
         self.class_order = [int(c) for c in class_order]
+        if not all(0 <= c < src.num_class for c in self.class_order):
+            raise ConfigError(f"the saved class order {self.class_order} names classes outside "
+                              f"0..{src.num_class - 1}, which {cfg.dataset} does not have; restore "
+                              "class_order.json in args.checkpoint or start again at task 0.")
         position = np.full(src.num_class, -1, dtype=np.int64)  # -1: a class outside the run
         position[self.class_order] = np.arange(cfg.num_class)
         self.input_shape = src.input_shape

@@ -126,6 +126,7 @@ def finished_two(full_run, tmp_path):
     ("savepoint", "session_1_memory.json", b"{\"size\": 30}", r"session_1_memory.json is corrupt or does not match"),
     ("checkpoint", "class_order.json", b"[1, 2", r"class_order.json is corrupt"),
     ("checkpoint", "class_order.json", b"{\"class_order\": [0, 0, 1, 2, 3, 4]}", r"class_order.json is corrupt or does not hold"),
+    ("checkpoint", "class_order.json", b"{\"class_order\": [0, 1, 2, 3, 4, 99]}", r"class order .* names classes outside 0..9"),
 ])
 def test_corrupt_or_missing_checkpoint_files(finished_two, folder, name, content, pattern):
     path = os.path.join(getattr(finished_two, folder), name)
