@@ -140,6 +140,16 @@ def test_corrupt_or_missing_checkpoint_files(finished_two, folder, name, content
     assert not os.path.exists(os.path.join(finished_two.checkpoint, "session_2.json"))
 
 
+def test_corrupt_earlier_record_stops_before_training(finished_two, monkeypatch):
+    import learner_task_itaml
+    open(os.path.join(finished_two.checkpoint, "session_0.json"), "w").write("{")
+    monkeypatch.setattr(learner_task_itaml.MetaLearner, "train_session",
+                        lambda *a, **k: pytest.fail("trained despite a corrupt record"))
+    with pytest.raises(ConfigError, match=r"session_0.json is corrupt .*run `python3 "
+                                          r"train_digits.py 0` to redo session 0"):
+        run(finished_two, 2, "train_digits.py")
+
+
 def test_model_of_another_configuration(finished_two):
     path = os.path.join(finished_two.savepoint, "session_1_model.pt")
     torch.save({"head.weight": torch.zeros(3, 3)}, path)
@@ -237,10 +247,10 @@ def test_ctrl_c_names_the_session_to_resume(small_args, monkeypatch, capsys):
     import utils.session as S
     real = S.run_session
 
-    def interrupted(cfg, store, data, model, memory, t, device, log):
-        if t == 1:
+    def interrupted(*args):
+        if args[5] == 1:  # t
             raise KeyboardInterrupt
-        return real(cfg, store, data, model, memory, t, device, log)
+        return real(*args)
     monkeypatch.setattr(S, "run_session", interrupted)
     with pytest.raises(SystemExit) as stop:
         run(small_args, 0, "train_digits.py")

@@ -64,6 +64,7 @@ def run(args, start=0, script="train.py"):
     store = RunStore(cfg, script)
     store.check_start(start)
     model, memory, data = _prepare(cfg, store, start, device)  # reads everything, writes nothing
+    history = [store.read_json(store.session_json(s), s) for s in range(start)]  # for summary.csv
     log = get_logger(cfg.checkpoint)
     if start == 0:
         write_json(store.class_order_file, {"class_order": data.class_order})
@@ -71,16 +72,15 @@ def run(args, start=0, script="train.py"):
              f"{cfg.num_task - 1} on {device}; "
              + (f"resuming from session {start - 1} in {cfg.savepoint}; " if start else "")
              + f"results to {cfg.checkpoint}, weights to {cfg.savepoint}")
-    records = []
     t = start
     try:
         for t in range(start, cfg.num_task):
-            records.append(run_session(cfg, store, data, model, memory, t, device, log))
+            history.append(run_session(cfg, store, data, model, memory, t, device, log, history))
     except KeyboardInterrupt:
         log.error(f"interrupted in session {t}; sessions before it are saved: resume with "
                   f"`python3 {script} {t}`.")
         sys.exit(130)
-    return records
+    return history[start:]
 
 
 def _prepare(cfg, store, start, device):
@@ -135,8 +135,9 @@ def _load_memory(cfg, store, data, t):
     return memory
 
 
-def run_session(cfg, store, data, model, memory, t, device, log):
-    """Train on task t plus the memory, update the memory, evaluate, save; returns the record."""
+def run_session(cfg, store, data, model, memory, t, device, log, earlier):
+    """Train on task t plus the memory, update the memory, evaluate, save; returns the record.
+    ``earlier`` holds the records of sessions 0..t−1, for summary.csv."""
     began = time.time()
     seed = session_seed(cfg, t)
     torch.manual_seed(seed)
@@ -154,8 +155,6 @@ def run_session(cfg, store, data, model, memory, t, device, log):
               "seconds": done - began, "device": str(device), "args": vars(cfg)}
     store.save_model(t, model)
     write_json(store.memory_file(t), memory.state_dict())
-    earlier = [store.read_json(store.session_json(s), s) for s in range(t)
-               if os.path.exists(store.session_json(s))]
     write_text(store.summary_file, summary_csv(earlier + [record]))
     write_json(store.session_json(t), record)  # written last: the session is now finished
     log.info(format_table(record))
