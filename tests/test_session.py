@@ -85,6 +85,9 @@ def test_resume_matches_the_uninterrupted_run(full_run, tmp_path):
     a = torch.load(os.path.join(args.savepoint, "session_2_model.pt"), weights_only=True)
     b = torch.load(os.path.join(resumed.savepoint, "session_2_model.pt"), weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    same = [open(os.path.join(folder, "session_2_memory.json"), "rb").read()
+            for folder in (args.savepoint, resumed.savepoint)]
+    assert same[0] == same[1]
     after = snapshot(os.path.dirname(resumed.checkpoint))
     assert all(after[name] == data for name, data in before.items())  # earlier files untouched
     rows = list(csv.DictReader(open(os.path.join(resumed.checkpoint, "summary.csv"))))
