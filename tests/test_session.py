@@ -139,7 +139,10 @@ def test_corrupt_or_missing_checkpoint_files(finished_two, folder, name, content
         open(path, "wb").write(content)
     with pytest.raises(ConfigError, match=pattern) as err:
         run(finished_two, 2, "train_digits.py")
-    assert "train_digits.py 1" in str(err.value) or "class_order" in name
+    if name == "class_order.json":  # every session needs it: redoing one cannot repair it
+        assert "start again at task 0" in str(err.value)
+    else:
+        assert "train_digits.py 1" in str(err.value)
     assert not os.path.exists(os.path.join(finished_two.checkpoint, "session_2.json"))
 
 

@@ -87,8 +87,8 @@ class RunStore:
         return (f"move {self.session_json(t)} away and run `python3 {self.script} {t}` to redo "
                 f"session {t}")
 
-    def read_json(self, path, t):
-        """A JSON file of session t; missing or corrupt means session t must be redone."""
+    def read_json(self, path, hint):
+        """A JSON file of the run; if it is missing or corrupt, the error ends with ``hint``."""
         try:
             with open(path) as f:
                 return json.load(f)
@@ -96,7 +96,7 @@ class RunStore:
             problem = "is missing"
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             problem = f"is corrupt ({e})"
-        raise ConfigError(f"{path} {problem}; {self.redo_hint(t)}.")
+        raise ConfigError(f"{path} {problem}; {hint}.")
 
     def load_model_state(self, t):
         path = self.model_file(t)

@@ -64,7 +64,8 @@ def run(args, start=0, script="train.py"):
     store = RunStore(cfg, script)
     store.check_start(start)
     model, memory, data = _prepare(cfg, store, start, device)  # reads everything, writes nothing
-    history = [store.read_json(store.session_json(s), s) for s in range(start)]  # for summary.csv
+    history = [store.read_json(store.session_json(s), store.redo_hint(s))  # for summary.csv
+               for s in range(start)]
     log = get_logger(cfg.checkpoint)
     if start == 0:
         write_json(store.class_order_file, {"class_order": data.class_order})
@@ -90,7 +91,7 @@ def _prepare(cfg, store, start, device):
         memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
     else:
         prev = start - 1
-        data = IncrementalData(cfg, _load_class_order(cfg, store, prev))
+        data = IncrementalData(cfg, _load_class_order(cfg, store))
         memory = _load_memory(cfg, store, data, prev)
         state = store.load_model_state(prev)
     torch.manual_seed(cfg.seed)
@@ -105,20 +106,21 @@ def _prepare(cfg, store, start, device):
     return model.to(device), memory, data
 
 
-def _load_class_order(cfg, store, t):
-    order = store.read_json(store.class_order_file, t)
+def _load_class_order(cfg, store):
+    # Every session depends on the class order: redoing one session cannot repair it.
+    hint = "restore it or start again at task 0 with a new args.checkpoint"
+    order = store.read_json(store.class_order_file, hint)
     order = order.get("class_order") if isinstance(order, dict) else None
     if (not isinstance(order, list) or len(order) != cfg.num_class or len(set(order)) != len(order)
             or not all(isinstance(c, int) for c in order)):
         raise ConfigError(f"{store.class_order_file} is corrupt or does not hold "
-                          f"args.num_class = {cfg.num_class} distinct classes; restore it or start "
-                          "again at task 0 with a new args.checkpoint.")
+                          f"args.num_class = {cfg.num_class} distinct classes; {hint}.")
     return order
 
 
 def _load_memory(cfg, store, data, t):
     path = store.memory_file(t)
-    state = store.read_json(path, t)
+    state = store.read_json(path, store.redo_hint(t))
     try:
         memory = ReplayMemory.from_state(state)
         for c in memory.classes():
