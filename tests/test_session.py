@@ -111,6 +111,13 @@ def test_resume_without_predecessor(small_args):
         run(small_args, 2, "train_digits.py")
 
 
+def test_resume_with_a_gap_names_the_missing_record(finished_two):
+    os.remove(os.path.join(finished_two.checkpoint, "session_0.json"))
+    with pytest.raises(ConfigError, match=r"cannot resume at task 2: .*session_0.json is missing, "
+                                          r"so session 0 never finished"):
+        run(finished_two, 2, "train_digits.py")
+
+
 @pytest.fixture
 def finished_two(full_run, tmp_path):
     """A copy of the full run with sessions 0 and 1 only, ready to resume at task 2."""

@@ -77,9 +77,10 @@ class RunStore:
             raise ConfigError(f"{self.session_json(clash[0])} already holds finished session "
                               f"{clash[0]}, which is never overwritten; {hint}, or set a new "
                               "args.checkpoint and args.savepoint to start again.")
-        if start > 0 and start - 1 not in done:
-            raise ConfigError(f"cannot resume at task {start}: {self.session_json(start - 1)} is "
-                              f"missing, so session {start - 1} never finished; run "
+        gaps = [t for t in range(start) if t not in done]  # resuming needs every earlier record
+        if gaps:
+            raise ConfigError(f"cannot resume at task {start}: {self.session_json(gaps[0])} is "
+                              f"missing, so session {gaps[0]} never finished; run "
                               f"`python3 {self.script} {max(done) + 1 if done else 0}` first.")
 
     def redo_hint(self, t):
