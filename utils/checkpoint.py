@@ -79,8 +79,8 @@ class RunStore:
                               "args.checkpoint and args.savepoint to start again.")
         gaps = [t for t in range(start) if t not in done]  # resuming needs every earlier record
         if gaps:
-            raise ConfigError(f"cannot resume at task {start}: {self.session_json(gaps[0])} is "
-                              f"missing, so session {gaps[0]} never finished; run "
+            raise ConfigError(f"cannot resume at task {start}: {self.session_json(gaps[-1])} is "
+                              f"missing, so session {gaps[-1]} never finished; run "
                               f"`python3 {self.script} {max(done) + 1 if done else 0}` first.")
 
     def redo_hint(self, t):
