@@ -176,8 +176,8 @@ class ReplayMemory:
     """At most ``size`` exemplars, split equally over the classes seen so far.
 
     Each class's exemplars are kept in priority order (a seeded shuffle, herding order, or data-set
-    order for the release's "first" selection), so when new
-    classes arrive and the per-class quota shrinks, a class keeps its first ``quota`` exemplars.
+    order for the release's "first" selection), so when new classes arrive and the per-class quota
+    shrinks, a class keeps its first ``quota`` exemplars.
     """
 
     def __init__(self, size, selection="random", seed=0):
