@@ -5,6 +5,7 @@ Paper names: the base weights Φ_base = {θ, φ} are snapshotted at every mini-b
 interpolates with η = exp(−β·t/T). ``args.variant`` picks the paper's update ("paper") or what the
 authors' release effectively computes ("official"); see the README for the differences.
 """
+import contextlib
 import copy
 import math
 
@@ -30,6 +31,25 @@ def task_loss(logits, targets, k, class_per_task):
     """Binary cross-entropy with logits on task k's slice only; targets are class positions."""
     onehot = F.one_hot(targets - k * class_per_task, class_per_task).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits[:, task_slice(k, class_per_task)], onehot)
+
+
+@contextlib.contextmanager
+def single_sample_guard(model, batch_size):
+    """BatchNorm cannot normalise a batch of one sample (there is no batch variance; on 1×1 maps it
+    raises). A task may hold one sample of a mini-batch, so for such a step BatchNorm uses its running
+    statistics and leaves them unchanged; the sample still gives its gradient."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if batch_size > 1 or not norms:
+        yield
+        return
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
 
 
 def lr_at(cfg, epoch):
@@ -78,7 +98,8 @@ class MetaLearner:
         opt = self.optimizer_for(k)
         for _ in range(self.cfg.r):
             opt.zero_grad(set_to_none=True)
-            loss = task_loss(self.model(x), y, k, self.cfg.class_per_task)
+            with single_sample_guard(self.model, len(x)):
+                loss = task_loss(self.model(x), y, k, self.cfg.class_per_task)
             loss.backward()
             opt.step()
         return loss.item()
@@ -207,7 +228,9 @@ def adapt(model, data, memory, k, cfg, device, seed):
     for _ in range(cfg.adapt_epochs):
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            task_loss(adapted(x.to(device)), y.to(device), k, cfg.class_per_task).backward()
+            with single_sample_guard(adapted, len(x)):
+                loss = task_loss(adapted(x.to(device)), y.to(device), k, cfg.class_per_task)
+            loss.backward()
             opt.step()
     return adapted
 

@@ -85,6 +85,16 @@ def test_adapt_moves_only_the_task_slice_and_leaves_the_base(cfg_factory):
     assert not torch.equal(adapted.head.weight[2:], torch.eye(4)[2:])
 
 
+def test_adapt_survives_a_last_batch_of_one_sample_with_batchnorm(cfg_factory):
+    cfg, data, memory = setup(cfg_factory, adapt_epochs=1)  # task 1 has 4 exemplars
+    cfg.adapt_batch = 3  # batches of 3 and 1
+    model = Echo()
+    model.features = nn.BatchNorm1d(4)
+    adapted = L.adapt(model, data, memory, 1, cfg, "cpu", seed=0)
+    assert adapted.training and adapted.features.training
+    assert adapted.features.num_batches_tracked.item() == 1  # the batch of one left them alone
+
+
 def test_task_scores_take_the_max_of_each_slice():
     s = L.task_scores(torch.tensor([[1.0, 5.0, -2.0, 0.5, 9.0, 9.0]]), 2, 2)
     assert s.tolist() == [[5.0, 0.5]]  # the third task's slice is not seen yet

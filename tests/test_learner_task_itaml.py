@@ -193,6 +193,40 @@ def test_batchnorm_statistics_follow_the_interpolation(cfg_factory):
     np.testing.assert_allclose(bn.running_mean.numpy(), want, atol=1e-12)
 
 
+def test_task_with_one_sample_steps_on_running_statistics(cfg_factory):
+    """BatchNorm1d raises on a training batch of one; the guard runs that task's step on the running
+    statistics instead, so its sample still moves the weights and leaves the statistics as they were."""
+    model = Tiny(bn=True)
+    bn = model.features[1]
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(batch()[0][:1])
+    x, y = batch()
+    x, y = x[[0, 1, 2]], y[[0, 1, 2]]  # task 0: two samples, task 1: one sample
+    W1 = model.features[0].weight.detach().numpy().copy()
+    base_rm, base_rv = bn.running_mean.clone().numpy(), bn.running_var.clone().numpy()
+    before = [p.detach().clone() for p in model.parameters()]
+    learner = MetaLearner(model, cfg_for(cfg_factory, "paper", 1), session=1)
+    learner.meta_step(x, y)
+    assert model.training and bn.training  # the guard hands BatchNorm back in training mode
+    h = x.numpy()[:2] @ W1.T
+    fast_task0 = (1 - bn.momentum) * base_rm + bn.momentum * h.mean(0)
+    want = (1 - learner.eta) * base_rm + learner.eta * (fast_task0 + base_rm) / 2  # task 1: base
+    np.testing.assert_allclose(bn.running_mean.numpy(), want, atol=1e-12)
+    head = model.head.weight.detach()
+    assert not torch.equal(head[2:], before[-1][2:])  # task 1's single sample trained its rows
+
+
+def test_single_sample_batch_alone_leaves_batchnorm_statistics(cfg_factory):
+    model = Tiny(bn=True)
+    bn = model.features[1]
+    rm, count = bn.running_mean.clone(), bn.num_batches_tracked.clone()
+    x, y = batch()
+    learner = MetaLearner(model, cfg_for(cfg_factory, "official", 1), session=1)
+    learner.meta_step(x[:1], y[:1])
+    assert torch.equal(bn.running_mean, rm) and torch.equal(bn.num_batches_tracked, count)
+    assert bn.training
+
+
 def test_task_loss_uses_only_the_task_slice():
     logits = torch.tensor([[9.0, 9.0, 0.3, -0.2]], requires_grad=True)
     loss = task_loss(logits, torch.tensor([2]), 1, CPT)
