@@ -4,30 +4,13 @@ Labels are handled as *positions* in the class order: position p is the p-th cla
 holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head.
 The memory stores indices into the training set, so it is small, exact and saved as JSON.
 """
-import os
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from data_sources import (DATA_SOURCES, MNIST_MEAN, MNIST_STD, Source, TensorData,  # noqa: F401
+                          load_digits, load_mnist)
 from utils.errors import ConfigError
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-class TensorData(Dataset):
-    """Samples of a small data set held as one float tensor, with their original labels."""
-
-    def __init__(self, x, labels, transform=None):
-        self.x, self.labels, self.transform = x, np.asarray(labels, dtype=np.int64), transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        x = self.x[i]
-        return (self.transform(x) if self.transform else x), int(self.labels[i])
 
 
 class Relabeled(Dataset):
@@ -44,76 +27,24 @@ class Relabeled(Dataset):
         return x, int(self.position[y])
 
 
-@dataclass
-class Source:
-    """One data set as read from disk: what every loader below is built from."""
-    train: Dataset          # training samples, training transforms, original labels
-    train_plain: Dataset    # the same samples with test transforms (exemplar features)
-    test: Dataset
-    train_labels: np.ndarray
-    test_labels: np.ndarray
-    num_class: int          # classes the data set holds
-    input_shape: tuple
-
-
-def _read_mnist(root, train):
-    from torchvision import datasets
-    split = "training" if train else "test"
-    try:
-        return datasets.MNIST(root, train=train, download=False)
-    except Exception as e:  # torchvision's idx reader raises several types on truncated files
-        if not (isinstance(e, RuntimeError) and "Dataset not found" in str(e)):
-            raise ConfigError(f"MNIST's {split} files under args.data_path = {root!r} are corrupt "
-                              f"({type(e).__name__}: {e}); delete {os.path.join(root, 'MNIST')} "
-                              "and run again to download them.") from e
-    try:
-        return datasets.MNIST(root, train=train, download=True)
-    except Exception as e:  # no network, a mirror down, a read-only folder: all mean "get it by hand"
-        raise ConfigError(f"MNIST is not in args.data_path = {root!r} and could not be downloaded "
-                          f"({type(e).__name__}); put the four files train-images-idx3-ubyte, "
-                          "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                          f"t10k-labels-idx1-ubyte in {os.path.join(root, 'MNIST', 'raw')}.") from e
-
-
-def load_mnist(cfg):
-    """MNIST through torchvision, held in memory as normalised 1×28×28 tensors (no augmentation)."""
-    splits = []
-    for train in (True, False):
-        ds = _read_mnist(cfg.data_path, train)
-        x = ds.data.float().div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
-        splits.append(TensorData(x, ds.targets.numpy()))
-    train, test = splits
-    return Source(train, train, test, train.labels, test.labels, 10, (1, 28, 28))
-
-
-def load_digits(cfg):
-    """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-    bunch = sk_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = bunch.target.astype(np.int64)
-    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
-                              random_state=cfg.seed)
-    mean, std = x[tr].mean(), x[tr].std()
-    x = (x - mean) / std
-    train = TensorData(x[tr], labels[tr])
-    test = TensorData(x[te], labels[te])
-    return Source(train, train, test, train.labels, test.labels, 10, (1, 8, 8))
-
-
-# args.dataset -> loader(cfg) -> Source
-DATA_SOURCES = {
-    "mnist": load_mnist,
-    "digits": load_digits,
-}
-
-
-def make_class_order(kind, num_data_classes, seed):
-    """The order in which classes arrive: natural (0, 1, …) or a seeded permutation."""
+def make_class_order(kind, num_data_classes, seed, class_names=None):
+    """The order in which classes arrive: "natural" (0, 1, …), "shuffled" (seeded by ``seed``), or a
+    path to a text file naming classes one per line, e.g. the classes.txt another run wrote."""
     if kind == "natural":
         return list(range(num_data_classes))
-    return np.random.RandomState(seed).permutation(num_data_classes).tolist()
+    if kind == "shuffled":
+        return np.random.RandomState(seed).permutation(num_data_classes).tolist()
+    names = class_names or [str(c) for c in range(num_data_classes)]
+    with open(kind, encoding="utf-8") as f:
+        listed = [line.strip() for line in f if line.strip()]
+    index = {name: c for c, name in enumerate(names)}
+    unknown = [name for name in listed if name not in index]
+    if unknown or len(set(listed)) != len(listed):
+        problem = f"names classes the data set does not have ({unknown[:3]})" if unknown \
+            else "lists a class twice"
+        raise ConfigError(f"args.class_order = {kind!r} {problem}; list each class of the data set "
+                          "at most once, one name per line.")
+    return [index[name] for name in listed]
 
 
 class IncrementalData:
@@ -125,8 +56,14 @@ class IncrementalData:
         if cfg.num_class > src.num_class:
             raise ConfigError(f"args.num_class = {cfg.num_class} but {cfg.dataset} has only "
                               f"{src.num_class} classes; lower num_class.")
+        names = src.class_names or [str(c) for c in range(src.num_class)]
         if class_order is None:
-            class_order = make_class_order(cfg.class_order, src.num_class, cfg.seed)[:cfg.num_class]
+            class_order = make_class_order(cfg.class_order, src.num_class, cfg.seed, names)
+            if len(class_order) < cfg.num_class:
+                raise ConfigError(f"args.class_order = {cfg.class_order!r} lists {len(class_order)} "
+                                  f"classes but args.num_class = {cfg.num_class}; list more classes "
+                                  "or lower num_class.")
+            class_order = class_order[:cfg.num_class]
         self.class_order = [int(c) for c in class_order]
         if not all(0 <= c < src.num_class for c in self.class_order):
             raise ConfigError(f"the saved class order {self.class_order} names classes outside "
@@ -135,6 +72,7 @@ class IncrementalData:
         position = np.full(src.num_class, -1, dtype=np.int64)  # -1: a class outside the run
         position[self.class_order] = np.arange(cfg.num_class)
         self.input_shape = src.input_shape
+        self.class_names = [names[c] for c in self.class_order]
         self.train_labels = position[src.train_labels]
         self.test_labels = position[src.test_labels]
         self.train_set = Relabeled(src.train, position)

@@ -37,6 +37,7 @@ class args:
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    image_size = None                   # fixed by the data set (only image-file data sets resize)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ def test_shipped_args_are_valid_and_complete(script):
     ({"class_per_task": 3, "num_task": 3}, r"args.class_per_task = 3 does not divide args.num_class = 10"),
     ({"num_task": 4}, r"args.num_task \* args.class_per_task = 4 \* 2 != args.num_class = 10; set num_task = 5"),
     ({"memory": 9}, r"args.memory = 9 is smaller than args.num_class = 10"),
-    ({"dataset": "imagenet"}, r"args.dataset = 'imagenet' is invalid; it must be one of 'mnist', 'digits'"),
+    ({"dataset": "places365"}, r"args.dataset = 'places365' is invalid; it must be one of 'mnist', 'digits', 'cifar100', 'svhn', 'imagenet', 'celeb', 'cub200'"),
+    ({"image_size": 64}, r"args.image_size = 64 applies only to data sets read from image files \(imagenet, celeb, cub200\); digits has a fixed size"),
+    ({"dataset": "imagenet", "image_size": 8}, r"args.image_size = 8 is invalid; it must be None \(the data set's standard size\) or an integer >= 16"),
+    ({"class_order": "nowhere/classes.txt"}, r"args.class_order = 'nowhere/classes.txt' is invalid; it must be 'natural', 'shuffled' or the path of an existing text file"),
     ({"optimizer": "adagrad"}, r"args.optimizer = 'adagrad' is invalid; it must be one of 'sgd', 'adam', 'radam'"),
     ({"variant": "reptile"}, r"args.variant = 'reptile' is invalid; it must be one of 'paper', 'official'"),
     ({"selection": "kmeans"}, r"args.selection = 'kmeans' is invalid"),
@@ -45,13 +48,14 @@ def test_missing_field_is_named():
     class partial:
         pass
     for name in SCHEMA:
-        if name != "device":
+        if name not in ("device", "image_size"):
             setattr(partial, name, getattr(train_digits.args, name))
     delattr(partial, "beta")
     with pytest.raises(ConfigError, match=r"args.beta is missing; add it to the args class"):
         check_args(partial)
     partial.beta = 1.0
-    assert check_args(partial).device == "auto"  # the one field with a default
+    cfg = check_args(partial)
+    assert cfg.device == "auto" and cfg.image_size is None  # the fields with a default
 
 
 @pytest.mark.parametrize("start", [-1, 5, 7])

@@ -2,8 +2,17 @@
 import pytest
 import torch
 
-from resnet import MLP, build_network
+from resnet import MLP, NETWORKS, PowerMeanPool, ReducedResNet18, ResNet18, build_network
 from utils.errors import ConfigError
+
+# a small input for each data set name (ResNet-18 at 32/64 px to keep the tests fast)
+SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
+          "imagenet": (3, 64, 64), "celeb": (3, 32, 32), "cub200": (3, 32, 32)}
+FEATURE_DIM = {MLP: 400, ReducedResNet18: 170, ResNet18: 512}
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.mark.parametrize("dataset,shape,in_features", [("mnist", (1, 28, 28), 784),
@@ -25,5 +34,132 @@ def test_head_rows_are_the_logits():
 
 
 def test_unknown_network():
-    with pytest.raises(ConfigError, match="no network is defined for 'cifar100'"):
-        build_network("cifar100", (3, 32, 32), 100)
+    with pytest.raises(ConfigError, match="no network is defined for 'places365'"):
+        build_network("places365", (3, 32, 32), 365)
+
+
+def test_every_data_set_has_a_network():
+    assert set(NETWORKS) == set(SHAPES)
+    assert {NETWORKS[d] for d in ("cifar100", "svhn")} == {ReducedResNet18}
+    assert {NETWORKS[d] for d in ("imagenet", "celeb", "cub200")} == {ResNet18}
+
+
+@pytest.mark.parametrize("dataset", sorted(SHAPES))
+def test_shapes_split_and_bias_free_head(dataset):
+    torch.manual_seed(0)
+    net = build_network(dataset, SHAPES[dataset], 7).eval()
+    dim = FEATURE_DIM[type(net)]
+    assert net.head.bias is None and tuple(net.head.weight.shape) == (7, dim)
+    x = torch.randn(2, *SHAPES[dataset])
+    with torch.no_grad():
+        feats, logits = net.features(x), net(x)
+    assert feats.shape == (2, dim) and logits.shape == (2, 7)
+    assert torch.equal(net.head(feats), logits)
+    # φ is the head alone: every other parameter belongs to θ
+    head = {id(p) for p in net.head.parameters()}
+    assert len(head) == 1
+    assert count(net) == count(net.features) + net.head.weight.numel()
+
+
+def reduced_resnet18_parameters(c_in, widths, num_class):
+    """Parameters of the reduced ResNet-18, from its architecture: weights of 3×3 convs, BN (γ, β),
+    1×1 projections + BN where the width changes, the bias-free head."""
+    conv3, bn = (lambda i, o: 9 * i * o), (lambda c: 2 * c)
+    total = conv3(c_in, widths[0]) + bn(widths[0])  # stem
+    previous = widths[0]
+    for w in widths:
+        for block in range(2):
+            i = previous if block == 0 else w
+            total += conv3(i, w) + bn(w) + conv3(w, w) + bn(w)
+            if i != w:
+                total += i * w + bn(w)
+        previous = w
+    return total + widths[-1] * num_class
+
+
+@pytest.mark.parametrize("num_class", [10, 100])
+def test_reduced_resnet18_parameter_count(num_class):
+    net = ReducedResNet18((3, 32, 32), num_class)
+    assert count(net) == reduced_resnet18_parameters(3, (21, 42, 85, 170), num_class)
+    if num_class == 100:
+        assert 1.2e6 < count(net) < 1.3e6  # the paper's ≈1.25 M
+
+
+def test_reduced_resnet18_map_sizes_and_strides():
+    net = ReducedResNet18((3, 32, 32), 10).eval()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 16 + 3  # stem, 4 stages × 2 blocks × 2, three projections
+    assert all(m.stride == (1, 1) for m in convs)
+    sizes = {}
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        getattr(net.features, name).register_forward_hook(
+            lambda m, i, out, name=name: sizes.__setitem__(name, tuple(out.shape[1:])))
+    with torch.no_grad():
+        net(torch.randn(2, 3, 32, 32))
+    assert sizes == {"layer1": (21, 32, 32), "layer2": (42, 32, 32),
+                     "layer3": (85, 16, 16), "layer4": (170, 8, 8)}
+    assert isinstance(net.features.pool, PowerMeanPool) and net.features.pool.p == 3
+
+
+def test_power_mean_pool_is_cube_root_of_mean_of_cubes():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]],
+                       [[0.0, 0.0], [0.0, 6.0]]]])  # (1, 2, 2, 2)
+    expected = torch.tensor([(100.0 / 4) ** (1 / 3), (216.0 / 4) ** (1 / 3)]).view(1, 2, 1, 1)
+    out = PowerMeanPool(p=3)(x)
+    assert out.shape == (1, 2, 1, 1) and out.dtype == torch.float32
+    assert torch.allclose(out, expected, rtol=1e-6, atol=0)
+    half = PowerMeanPool(p=3)(x.half())
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), expected, rtol=1e-3)
+
+
+def test_power_mean_pool_gradient_is_finite_on_a_dead_channel():
+    x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]],
+                       [[1.0, 0.0], [2.0, 0.0]]]], requires_grad=True)
+    out = PowerMeanPool(p=3)(x)
+    assert out[0, 0].item() < 1e-3  # a dead channel pools to ≈0 (the clamp's cube root)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[0, 0], torch.zeros(2, 2))
+    # live channel: d/dx_i (mean x³)^(1/3) = x_i² / (4 · M²), M = (9/4)^(1/3)
+    m = (9.0 / 4) ** (1 / 3)
+    expected = torch.tensor([[1.0, 0.0], [4.0, 0.0]]) / (4 * m * m)
+    assert torch.allclose(x.grad[0, 1], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side,kernel,stride,maxpool", [(224, 7, 2, True), (112, 7, 2, False),
+                                                        (64, 3, 1, False), (32, 3, 1, False)])
+def test_resnet18_stem_follows_the_image_size(side, kernel, stride, maxpool):
+    net = ResNet18((3, side, side), 100)
+    conv1 = net.features.conv1
+    assert conv1.kernel_size == (kernel, kernel) and conv1.stride == (stride, stride)
+    assert conv1.in_channels == 3 and conv1.bias is None
+    assert hasattr(net.features, "maxpool") == maxpool
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules()) == maxpool
+    assert not any(name.endswith("fc") for name, _ in net.named_modules())  # torchvision's fc is gone
+    assert net.head.bias is None and tuple(net.head.weight.shape) == (100, 512)
+
+
+def test_resnet18_112_px_without_max_pool_matches_224_px_map_sizes():
+    sizes = {}
+    for side in (224, 112):
+        net = ResNet18((3, side, side), 10).eval()
+        net.features.layer1.register_forward_hook(
+            lambda m, i, out, side=side: sizes.__setitem__((side, 1), tuple(out.shape[2:])))
+        net.features.layer4.register_forward_hook(
+            lambda m, i, out, side=side: sizes.__setitem__((side, 4), tuple(out.shape[2:])))
+        with torch.no_grad():
+            assert net.features(torch.randn(1, 3, side, side)).shape == (1, 512)
+    assert sizes[(224, 1)] == sizes[(112, 1)] == (56, 56)
+    assert sizes[(224, 4)] == sizes[(112, 4)] == (7, 7)
+
+
+def test_resnet18_parameters_and_channels():
+    net = ResNet18((3, 224, 224), 1000)
+    # torchvision's resnet18 (11 689 512) less fc's bias: the head is the same 512×1000 matrix
+    assert count(net) == 11_689_512 - 1000
+    gray = ResNet18((1, 32, 32), 5).eval()
+    assert gray.features.conv1.in_channels == 1
+    with torch.no_grad():
+        x = torch.randn(2, 1, 32, 32)
+        assert gray.features(x).shape == (2, 512)
+        assert torch.equal(gray.head(gray.features(x)), gray(x))

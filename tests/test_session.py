@@ -61,7 +61,8 @@ def test_end_to_end_files_and_records(full_run):
     assert [int(r["session"]) for r in rows] == [0, 1, 2]
     assert float(rows[2]["acc_task_aware"]) == pytest.approx(records[2]["acc_task_aware"], abs=0.01)
     assert json.load(open(os.path.join(args.checkpoint, "class_order.json"))) == {
-        "class_order": [0, 1, 2, 3, 4, 5]}
+        "class_order": [0, 1, 2, 3, 4, 5], "class_names": ["0", "1", "2", "3", "4", "5"]}
+    assert open(os.path.join(args.checkpoint, "classes.txt")).read() == "0\n1\n2\n3\n4\n5\n"
     log = open(os.path.join(args.checkpoint, "log.txt")).read()
     assert "task-agnostic, continuum of 20 (the paper's number)" in log
     assert "session 2: 6 classes seen" in log

@@ -59,6 +59,11 @@ class RunStore:
         return os.path.join(self.cfg.checkpoint, "class_order.json")
 
     @property
+    def class_list_file(self):
+        """The run's classes by name, one per line in arrival order: reusable as args.class_order."""
+        return os.path.join(self.cfg.checkpoint, "classes.txt")
+
+    @property
     def summary_file(self):
         return os.path.join(self.cfg.checkpoint, "summary.csv")
 

@@ -5,12 +5,15 @@ before any data is read, with one sentence naming the field. The ``train_<datase
 field explicitly; the few with defaults are the ones later options added.
 """
 import difflib
+import os
 from numbers import Integral, Real
 from types import SimpleNamespace
 
 from utils.errors import ConfigError
 
 REQUIRED = object()
+DATASETS = ("mnist", "digits", "cifar100", "svhn", "imagenet", "celeb", "cub200")
+RESIZABLE = ("imagenet", "celeb", "cub200")  # read from image files, so any crop size works
 
 
 def _int(low=None):
@@ -42,6 +45,18 @@ def _milestones():
     return check, "a list of epoch numbers >= 0"
 
 
+def _class_order():
+    def check(v):
+        return isinstance(v, str) and (v in ("natural", "shuffled") or os.path.isfile(v))
+    return check, "'natural', 'shuffled' or the path of an existing text file of class names"
+
+
+def _image_size():
+    def check(v):
+        return v is None or (isinstance(v, Integral) and not isinstance(v, bool) and v >= 16)
+    return check, "None (the data set's standard size) or an integer >= 16"
+
+
 def _device():
     def check(v):
         return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
@@ -50,14 +65,14 @@ def _device():
 
 # field -> (check, description of valid values, default)
 SCHEMA = {
-    "dataset": (*_choice("mnist", "digits"), REQUIRED),
+    "dataset": (*_choice(*DATASETS), REQUIRED),
     "checkpoint": (*_str(), REQUIRED),
     "savepoint": (*_str(), REQUIRED),
     "data_path": (*_str(empty=True), REQUIRED),
     "num_class": (*_int(1), REQUIRED),
     "class_per_task": (*_int(1), REQUIRED),
     "num_task": (*_int(1), REQUIRED),
-    "class_order": (*_choice("natural", "shuffled"), REQUIRED),
+    "class_order": (*_class_order(), REQUIRED),
     "seed": (*_int(0), REQUIRED),
     "memory": (*_int(1), REQUIRED),
     "selection": (*_choice("random", "herding", "first"), REQUIRED),
@@ -79,6 +94,7 @@ SCHEMA = {
     "adapt_epochs": (*_int(0), REQUIRED),
     "adapt_batch": (*_int(1), REQUIRED),
     "device": (*_device(), "auto"),
+    "image_size": (*_image_size(), None),
 }
 
 
@@ -104,6 +120,10 @@ def check_args(args):
         values[name] = given[name]
     cfg = SimpleNamespace(**values)
     cfg.schedule = list(cfg.schedule)
+    if cfg.image_size is not None and cfg.dataset not in RESIZABLE:
+        raise ConfigError(f"args.image_size = {cfg.image_size} applies only to data sets read from "
+                          f"image files ({', '.join(RESIZABLE)}); {cfg.dataset} has a fixed size, "
+                          "so remove the field.")
     _check_split(cfg)
     return cfg
 

@@ -68,7 +68,9 @@ def run(args, start=0, script="train.py"):
                for s in range(start)]
     log = get_logger(cfg.checkpoint)
     if start == 0:
-        write_json(store.class_order_file, {"class_order": data.class_order})
+        write_json(store.class_order_file, {"class_order": data.class_order,
+                                            "class_names": data.class_names})
+        write_text(store.class_list_file, "".join(f"{name}\n" for name in data.class_names))
     log.info(f"{script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
              f"{cfg.num_task - 1} on {device}; "
              + (f"resuming from session {start - 1} in {cfg.savepoint}; " if start else "")

@@ -1,0 +1,342 @@
+"""Every data set of the paper as read from disk: one reader per ``args.dataset``, each returning a Source.
+
+torchvision reads what it knows (MNIST, CIFAR-100, SVHN, ``ImageFolder`` trees for ImageNet and
+MS-Celeb) and downloads what it can; CUB-200-2011's text files are read here. When data are absent and
+cannot be had, the error names the data set, ``args.data_path``, the expected layout and where to get it.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.errors import ConfigError
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# Per-channel statistics of each training set, as published for these data sets.
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Side of the square crops the networks see when args.image_size is None.
+DEFAULT_IMAGE_SIZE = {"imagenet": 224, "celeb": 112, "cub200": 224}
+STATS_SAMPLE = 500  # training images that estimate CUB's and MS-Celeb's channel statistics
+
+
+@dataclass
+class Source:
+    """One data set as read from disk: what the incremental scenario is built from."""
+    train: Dataset          # training samples, training transforms, original labels
+    train_plain: Dataset    # the same samples with test transforms (exemplar features)
+    test: Dataset
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    num_class: int          # classes the data set holds
+    input_shape: tuple
+    class_names: list = None  # name of each original label (folder name, wnid, digit)
+
+
+class TensorData(Dataset):
+    """Samples of a small data set held as one float tensor, with their original labels."""
+
+    def __init__(self, x, labels, transform=None):
+        self.x, self.labels, self.transform = x, np.asarray(labels, dtype=np.int64), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        return (self.transform(x) if self.transform else x), int(self.labels[i])
+
+
+class ImageArray(Dataset):
+    """Images held in memory as one uint8 N×H×W×C array (CIFAR-100, SVHN), decoded to PIL on demand."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, np.asarray(labels, np.int64), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class ImageFiles(Dataset):
+    """Images read from files: ``samples`` is a list of (path, label), shared between transforms."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+        self.labels = np.asarray([label for _, label in samples], np.int64)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB")), int(label)
+
+
+# ------------------------------------------------------------------ transforms
+
+def _transforms(kind, size, stats):
+    """(train, test) transforms. Digits are never flipped: a mirrored 2 or 5 is no longer that digit
+    (the release flipped SVHN; see the README)."""
+    from torchvision import transforms as T
+    normalise = [T.ToTensor(), T.Normalize(*stats)]
+    if kind == "cifar":
+        train = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        test = []
+    elif kind == "digits":
+        train = [T.RandomCrop(size, padding=2), T.RandomRotation(10)]
+        test = []
+    elif kind == "objects":  # ImageNet and CUB: the usual scale-augmented crops, centre crop to test
+        train = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        test = [T.Resize(size * 8 // 7), T.CenterCrop(size)]
+    else:  # faces: aligned, so a padded shift and a mirror, no rescaling
+        train = [T.Resize((size, size)), T.RandomCrop(size, padding=size // 14),
+                 T.RandomHorizontalFlip()]
+        test = [T.Resize((size, size))]
+    return T.Compose(train + normalise), T.Compose(test + normalise)
+
+
+def estimate_stats(samples, size, kind, count=STATS_SAMPLE):
+    """Per-channel mean and std of up to ``count`` training images seen through the test transform.
+    The sample is fixed, so a resumed run normalises exactly as the first one did."""
+    plain = _transforms(kind, size, ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))[1]
+    chosen = np.random.RandomState(0).permutation(len(samples))[:count]
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for x, _ in ImageFiles([samples[i] for i in sorted(chosen)], plain):
+        x = x.double().flatten(1)
+        total += x.sum(1)
+        total_sq += (x * x).sum(1)
+        pixels += x.shape[1]
+    mean = total / pixels
+    std = (total_sq / pixels - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ------------------------------------------------------------------ torchvision data sets
+
+def _torchvision(name, make, root, present, layout, where):
+    """``make(download)``: read from disk, else let torchvision download it; one sentence if neither.
+
+    torchvision checks the files' checksums, so "not found" and "corrupt" arrive as the same error;
+    ``present`` (a path torchvision would read) tells them apart for the message."""
+    try:
+        return make(False)
+    except Exception:  # torchvision raises RuntimeError, pickle and scipy errors on bad files
+        pass
+    try:
+        return make(True)
+    except Exception as e:  # no network, a mirror down, a read-only folder: all mean "get it by hand"
+        state = ("is corrupt (its checksum does not match) and could not be downloaded again"
+                 if os.path.exists(present) else "is not in args.data_path and could not be downloaded")
+        raise ConfigError(f"{name} {state} ({type(e).__name__}); args.data_path = {root!r} must hold "
+                          f"{layout} (from {where}).") from e
+
+
+def _read_mnist(root, train):
+    from torchvision import datasets
+    split = "training" if train else "test"
+    try:
+        return datasets.MNIST(root, train=train, download=False)
+    except Exception as e:  # torchvision's idx reader raises several types on truncated files
+        if not (isinstance(e, RuntimeError) and "Dataset not found" in str(e)):
+            raise ConfigError(f"MNIST's {split} files under args.data_path = {root!r} are corrupt "
+                              f"({type(e).__name__}: {e}); delete {os.path.join(root, 'MNIST')} "
+                              "and run again to download them.") from e
+    try:
+        return datasets.MNIST(root, train=train, download=True)
+    except Exception as e:  # no network, a mirror down, a read-only folder: all mean "get it by hand"
+        raise ConfigError(f"MNIST is not in args.data_path = {root!r} and could not be downloaded "
+                          f"({type(e).__name__}); put the four files train-images-idx3-ubyte, "
+                          "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                          f"t10k-labels-idx1-ubyte in {os.path.join(root, 'MNIST', 'raw')}.") from e
+
+
+def load_mnist(cfg):
+    """MNIST through torchvision, held in memory as normalised 1×28×28 tensors (no augmentation)."""
+    splits = []
+    for train in (True, False):
+        ds = _read_mnist(cfg.data_path, train)
+        x = ds.data.float().div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+        splits.append(TensorData(x, ds.targets.numpy()))
+    train, test = splits
+    return Source(train, train, test, train.labels, test.labels, 10, (1, 28, 28),
+                  [str(d) for d in range(10)])
+
+
+def load_digits(cfg):
+    """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = bunch.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
+                              random_state=cfg.seed)
+    mean, std = x[tr].mean(), x[tr].std()
+    x = (x - mean) / std
+    train = TensorData(x[tr], labels[tr])
+    test = TensorData(x[te], labels[te])
+    return Source(train, train, test, train.labels, test.labels, 10, (1, 8, 8),
+                  [str(d) for d in range(10)])
+
+
+def _array_source(train_images, train_labels, test_images, test_labels, names, kind, stats):
+    train_tf, test_tf = _transforms(kind, train_images.shape[1], stats)
+    return Source(ImageArray(train_images, train_labels, train_tf),
+                  ImageArray(train_images, train_labels, test_tf),
+                  ImageArray(test_images, test_labels, test_tf),
+                  np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64),
+                  len(names), (3,) + tuple(train_images.shape[1:3]), list(names))
+
+
+def load_cifar100(cfg):
+    """CIFAR-100 through torchvision (python pickles under cifar-100-python/), 32×32 RGB."""
+    from torchvision import datasets
+    root = cfg.data_path
+    splits = [_torchvision(
+        "CIFAR-100", lambda download, train=train: datasets.CIFAR100(root, train, download=download),
+        root, os.path.join(root, "cifar-100-python"),
+        "cifar-100-python/ (the files train, test and meta) or cifar-100-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar.html") for train in (True, False)]
+    train, test = splits
+    return _array_source(train.data, train.targets, test.data, test.targets, train.classes,
+                         "cifar", CIFAR100_STATS)
+
+
+def load_svhn(cfg):
+    """SVHN through torchvision (train_32x32.mat and test_32x32.mat, read with scipy), 32×32 RGB."""
+    from torchvision import datasets
+    root = cfg.data_path
+    splits = [_torchvision(
+        "SVHN", lambda download, split=split: datasets.SVHN(root, split, download=download),
+        root, os.path.join(root, f"{split}_32x32.mat"), "train_32x32.mat and test_32x32.mat",
+        "http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)")
+        for split in ("train", "test")]
+    train, test = (np.ascontiguousarray(s.data.transpose(0, 2, 3, 1)) for s in splits)
+    return _array_source(train, splits[0].labels, test, splits[1].labels,
+                         [str(d) for d in range(10)], "digits", SVHN_STATS)
+
+
+# ------------------------------------------------------------------ image folders and CUB
+
+def _scan_folder(name, root, split, test_split, where):
+    """(class names, samples) of a ``<root>/<split>/<class>/<image>`` tree, scanned by ImageFolder."""
+    from torchvision.datasets import ImageFolder
+    path = os.path.join(root, split)
+    layout = f"train/<class>/<image> and {test_split}/<class>/<image> folders"
+    if not os.path.isdir(path):
+        raise ConfigError(f"{name}: {path} is not a folder; args.data_path = {root!r} must hold "
+                          f"{layout} (from {where}).")
+    try:
+        ds = ImageFolder(path)
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"{name}: {path} holds no usable <class>/<image> folders ({e}); "
+                          f"args.data_path must hold {layout}, at least one image a class.") from e
+    return ds.classes, ds.samples
+
+
+def _folder_source(cfg, name, test_split, kind, stats, where):
+    size = cfg.image_size or DEFAULT_IMAGE_SIZE[cfg.dataset]
+    classes, train = _scan_folder(name, cfg.data_path, "train", test_split, where)
+    test_classes, test = _scan_folder(name, cfg.data_path, test_split, test_split, where)
+    if test_classes != classes:
+        missing = sorted(set(classes) ^ set(test_classes))
+        raise ConfigError(f"{name}: the class folders of {os.path.join(cfg.data_path, test_split)} "
+                          f"differ from those of {os.path.join(cfg.data_path, 'train')} (e.g. "
+                          f"{missing[:3]}); both must hold the same classes.")
+    return _files_source(train, test, classes, size, kind, stats)
+
+
+def _files_source(train, test, classes, size, kind, stats):
+    if stats is None:
+        stats = estimate_stats(train, size, kind)
+    train_tf, test_tf = _transforms(kind, size, stats)
+    train_set = ImageFiles(train, train_tf)
+    test_set = ImageFiles(test, test_tf)
+    return Source(train_set, ImageFiles(train, test_tf), test_set, train_set.labels,
+                  test_set.labels, len(classes), (3, size, size), list(classes))
+
+
+def load_imagenet(cfg):
+    """ImageNet (ILSVRC-2012) in the class-folder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
+    return _folder_source(cfg, "ImageNet", "val", "objects", IMAGENET_STATS,
+                          "https://image-net.org/download, with val/ sorted into class folders")
+
+
+def load_celeb(cfg):
+    """MS-Celeb-10K: train/<identity>/<image> and test/<identity>/<image> (aligned faces)."""
+    return _folder_source(cfg, "MS-Celeb-10K", "test", "faces", None,
+                          "the MS-Celeb-1M aligned faces, 10,000 identities split as in the BiC paper")
+
+
+def _read_table(path, columns, root):
+    """A CUB text file: lines of ``columns`` whitespace-separated fields, the first an image id."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"CUB-200-2011: {path} is missing; args.data_path = {root!r} must hold "
+                          "CUB_200_2011/ with images.txt, image_class_labels.txt, "
+                          "train_test_split.txt and images/ (from "
+                          "https://www.vision.caltech.edu/datasets/cub_200_2011/).")
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.strip().split(maxsplit=columns - 1)
+            if not fields:
+                continue
+            if len(fields) != columns:
+                raise ConfigError(f"CUB-200-2011: line {n} of {path} is corrupt ({line.strip()!r}); "
+                                  "restore the file from the original archive.")
+            rows[fields[0]] = fields[1:] if columns > 2 else fields[1]
+    return rows
+
+
+def load_cub(cfg):
+    """CUB-200-2011 in its standard layout: images.txt, image_class_labels.txt, train_test_split.txt
+    and images/; class names from classes.txt when present."""
+    root = cfg.data_path
+    if not os.path.isfile(os.path.join(root, "images.txt")):
+        root = os.path.join(root, "CUB_200_2011")
+    images = _read_table(os.path.join(root, "images.txt"), 2, cfg.data_path)
+    labels = _read_table(os.path.join(root, "image_class_labels.txt"), 2, cfg.data_path)
+    is_train = _read_table(os.path.join(root, "train_test_split.txt"), 2, cfg.data_path)
+    try:
+        ids = sorted(images, key=int)
+        label_of = {i: int(labels[i]) - 1 for i in ids}
+        train_of = {i: is_train[i] == "1" for i in ids}
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"CUB-200-2011: the text files under {root} disagree or are corrupt "
+                          f"(image {e}); restore them from the original archive.") from None
+    num_class = max(label_of.values()) + 1
+    names = _read_table(os.path.join(root, "classes.txt"), 2, cfg.data_path) \
+        if os.path.isfile(os.path.join(root, "classes.txt")) else {}
+    classes = [names.get(str(c + 1), str(c + 1)) for c in range(num_class)]
+    samples = {True: [], False: []}
+    for i in ids:
+        samples[train_of[i]].append((os.path.join(root, "images", images[i]), label_of[i]))
+    absent = [path for path, _ in samples[True] + samples[False] if not os.path.isfile(path)]
+    if absent:
+        raise ConfigError(f"CUB-200-2011: {len(absent)} image(s) listed in images.txt are missing, "
+                          f"e.g. {absent[0]}; extract the whole archive into {cfg.data_path!r}.")
+    size = cfg.image_size or DEFAULT_IMAGE_SIZE["cub200"]
+    return _files_source(samples[True], samples[False], classes, size, "objects", None)
+
+
+# args.dataset -> reader(cfg) -> Source
+DATA_SOURCES = {
+    "mnist": load_mnist,
+    "digits": load_digits,
+    "cifar100": load_cifar100,
+    "svhn": load_svhn,
+    "imagenet": load_imagenet,
+    "celeb": load_celeb,
+    "cub200": load_cub,
+}

@@ -1,0 +1,97 @@
+"""Every train_<dataset>.py: its shipped args, and two tasks end to end on fake data in the real format."""
+import importlib
+import json
+import os
+
+import pytest
+import torch
+
+import fake_data as F
+from resnet import ReducedResNet18, ResNet18, build_network
+from utils.config import check_args
+from utils.session import run
+
+# The hyper-parameters the scripts must ship (the release's, where it had the data set).
+SHIPPED = {
+    "train_cifar": dict(dataset="cifar100", num_class=100, class_per_task=10, num_task=10,
+                        optimizer="radam", lr=0.01, epochs=70, schedule=[20, 40, 60], gamma=0.2,
+                        train_batch=128, memory=2000, beta=1.0, r=1),
+    "train_svhn": dict(dataset="svhn", num_class=10, class_per_task=2, num_task=5,
+                       optimizer="radam", lr=0.01, epochs=20, schedule=[5, 10, 15], gamma=0.2,
+                       train_batch=256, memory=2000, beta=1.0, r=1),
+    "train_imagenet": dict(dataset="imagenet", num_class=100, class_per_task=10, num_task=10,
+                           class_order="shuffled", image_size=224),
+    "train_celeb": dict(dataset="celeb", num_class=10000, class_per_task=1000, num_task=10,
+                        memory=50000, image_size=112, optimizer="radam", lr=0.01, epochs=70,
+                        train_batch=256, beta=1.0),
+    "train_cub": dict(dataset="cub200", num_class=200, num_task=10, image_size=224),
+}
+
+SHRUNK = dict(epochs=1, schedule=[], train_batch=16, test_batch=32, num_workers=0, adapt_batch=8,
+              continuum=4, device="cpu")
+
+
+def write_cifar(root, monkeypatch):
+    F.point_torchvision_at_cifar100(monkeypatch, F.write_cifar100(root))
+    return dict(num_class=20, class_per_task=10, num_task=2, memory=20)
+
+
+def write_svhn(root, monkeypatch):
+    F.point_torchvision_at_svhn(monkeypatch, F.write_svhn(root)[0])
+    return dict(num_class=4, num_task=2, memory=8)
+
+
+def write_imagenet(root, monkeypatch):
+    F.write_class_folders(root, ("train", "val"), [f"n0{i}" for i in range(6)],
+                          {"train": 3, "val": 2})
+    return dict(num_class=4, class_per_task=2, num_task=2, memory=8, image_size=32)
+
+
+def write_celeb(root, monkeypatch):
+    F.write_class_folders(root, ("train", "test"), [f"m.{i:04d}" for i in range(4)],
+                          {"train": 3, "test": 2}, ext=".jpg")
+    return dict(num_class=4, class_per_task=2, num_task=2, memory=8, image_size=32)
+
+
+def write_cub(root, monkeypatch):
+    F.write_cub(root, num_class=4)
+    return dict(num_class=4, class_per_task=2, num_task=2, memory=8, image_size=32)
+
+
+WRITERS = {"train_cifar": (write_cifar, ReducedResNet18), "train_svhn": (write_svhn, ReducedResNet18),
+           "train_imagenet": (write_imagenet, ResNet18), "train_celeb": (write_celeb, ResNet18),
+           "train_cub": (write_cub, ResNet18)}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_args(name):
+    cfg = check_args(importlib.import_module(name).args)
+    for field, value in SHIPPED[name].items():
+        assert getattr(cfg, field) == value, field
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_two_tasks_end_to_end_on_fake_data(name, tmp_path, monkeypatch):
+    module = importlib.import_module(name)
+    writer, network = WRITERS[name]
+    data_path = str(tmp_path / "data")
+    over = dict(SHRUNK, data_path=data_path, checkpoint=str(tmp_path / "results"),
+                savepoint=str(tmp_path / "models"), **writer(data_path, monkeypatch))
+    args = type("args", (module.args,), over)
+    records = run(args, 0, f"{name}.py")
+    assert [r["session"] for r in records] == [0, 1]
+    cfg = check_args(args)
+    for t in (0, 1):
+        saved = json.load(open(os.path.join(cfg.checkpoint, f"session_{t}.json")))
+        assert saved["seen_classes"] == (t + 1) * cfg.class_per_task
+        assert saved["num_test_samples"] == (t + 1) * cfg.class_per_task * 2  # 2 test images a class
+        for key in ("acc_task_agnostic", "acc_per_sample", "acc_task_aware", "acc_base"):
+            assert 0.0 <= saved[key] <= 100.0
+    side = cfg.image_size or 32
+    model = build_network(cfg.dataset, (3, side, side), cfg.num_class)
+    assert isinstance(model, network)
+    state = torch.load(os.path.join(cfg.savepoint, "session_1_model.pt"), weights_only=True)
+    model.load_state_dict(state)  # the saved weights are the data set's network
+    order = json.load(open(os.path.join(cfg.checkpoint, "class_order.json")))
+    listed = open(os.path.join(cfg.checkpoint, "classes.txt")).read().split()
+    assert listed == order["class_names"] and len(listed) == cfg.num_class

@@ -1,0 +1,48 @@
+"""iTAML on MS-Celeb-10K, 10 tasks of 1,000 identities: `python3 train_celeb.py [start_task]`.
+
+The release trained this setting but never evaluated it; here every protocol is measured after every
+session. The paper reports 95.0% after the last task.
+"""
+from utils.session import main
+
+
+class args:
+    dataset = "celeb"                   # MS-Celeb-10K aligned faces in class folders (ImageFolder)
+    checkpoint = "results/celeb/test1"  # session JSONs, summary.csv, class list, log
+    savepoint = "models/" + "/".join(checkpoint.split("/")[1:])  # models and replay memories
+    data_path = "../Datasets/MS-Celeb-10K/"  # folder holding train/<identity>/ and test/<identity>/
+
+    num_class = 10000                   # identities in the run
+    class_per_task = 1000               # identities a task
+    num_task = 10                       # tasks (num_task * class_per_task == num_class)
+    class_order = "natural"             # "natural" (0, 1, …), "shuffled" (seeded) or a classes.txt path
+    seed = 0                            # seeds the class order, memory, loaders and init
+
+    memory = 50000                      # exemplars kept in total (release), 5 an identity at the end
+    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
+
+    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
+    r = 1                               # inner-loop optimizer steps per task and mini-batch
+
+    optimizer = "radam"                 # "sgd", "adam" or "radam" (release: RAdam)
+    lr = 0.01                           # learning rate of the inner loop (release)
+    momentum = 0.9                      # SGD momentum (ignored by radam)
+    weight_decay = 0.0                  # L2 penalty of the optimizer
+    epochs = 70                         # epochs a session; the last epoch's model is kept
+    schedule = [20, 40, 60]             # epochs at which the learning rate is multiplied by gamma
+    gamma = 0.2                         # learning-rate decay factor (release)
+    train_batch = 256                   # mini-batch of Alg. 1 (new task and memory shuffled)
+    test_batch = 256                    # evaluation batch
+    num_workers = 8                     # DataLoader workers (JPEG decoding is the bottleneck)
+
+    continuum = 20                      # test samples a continuum shares (the paper's p)
+    adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
+    adapt_epochs = 1                    # "single update": epochs over the task's exemplars
+    adapt_batch = 64                    # "single update": batch size (release)
+    device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    image_size = 112                    # side of the square face crops (the paper's 112×112)
+
+
+if __name__ == "__main__":
+    main(args)

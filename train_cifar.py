@@ -1,0 +1,48 @@
+"""iTAML on CIFAR-100, 10 tasks of 10 classes (the paper's main setting): `python3 train_cifar.py [start]`.
+
+5 classes a task: class_per_task = 5, num_task = 20. 20 classes a task: class_per_task = 20, num_task = 5.
+The paper reports 77.8% (10 a task), 77.1% (5) and 72.3% (20) after the last task.
+"""
+from utils.session import main
+
+
+class args:
+    dataset = "cifar100"                # torchvision CIFAR-100, downloaded into data_path when missing
+    checkpoint = "results/cifar100/test1"  # session JSONs, summary.csv, class order, log
+    savepoint = "models/" + "/".join(checkpoint.split("/")[1:])  # models and replay memories
+    data_path = "../Datasets/CIFAR100/"  # folder holding cifar-100-python/ (the release's layout)
+
+    num_class = 100                     # classes in the run
+    class_per_task = 10                 # classes a task (5 or 20 for the paper's other splits)
+    num_task = 10                       # tasks (num_task * class_per_task == num_class)
+    class_order = "natural"             # "natural" (0, 1, …), "shuffled" (seeded) or a classes.txt path
+    seed = 0                            # seeds the class order, memory, loaders and init
+
+    memory = 2000                       # exemplars kept in total, split equally over seen classes
+    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
+
+    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
+    r = 1                               # inner-loop optimizer steps per task and mini-batch
+
+    optimizer = "radam"                 # "sgd", "adam" or "radam" (release: RAdam)
+    lr = 0.01                           # learning rate of the inner loop (release)
+    momentum = 0.9                      # SGD momentum (ignored by radam)
+    weight_decay = 0.0                  # L2 penalty of the optimizer
+    epochs = 70                         # epochs a session; the last epoch's model is kept
+    schedule = [20, 40, 60]             # epochs at which the learning rate is multiplied by gamma
+    gamma = 0.2                         # learning-rate decay factor (release)
+    train_batch = 128                   # mini-batch of Alg. 1 (new task and memory shuffled)
+    test_batch = 128                    # evaluation batch
+    num_workers = 4                     # DataLoader workers (CPU decoding and augmentation)
+
+    continuum = 20                      # test samples a continuum shares (the paper's p)
+    adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
+    adapt_epochs = 1                    # "single update": epochs over the task's exemplars
+    adapt_batch = 64                    # "single update": batch size (release)
+    device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    image_size = None                   # fixed 32×32 (only image-file data sets resize)
+
+
+if __name__ == "__main__":
+    main(args)

@@ -1,0 +1,47 @@
+"""iTAML on SVHN, 5 tasks of 2 digits (the paper's setting): `python3 train_svhn.py [start_task]`.
+
+Digits are not flipped in augmentation (the release flipped them; see the README).
+"""
+from utils.session import main
+
+
+class args:
+    dataset = "svhn"                    # torchvision SVHN (train and test .mat), downloaded when missing
+    checkpoint = "results/svhn/test1"   # session JSONs, summary.csv, class order, log
+    savepoint = "models/" + "/".join(checkpoint.split("/")[1:])  # models and replay memories
+    data_path = "../Datasets/SVHN/"     # folder holding train_32x32.mat and test_32x32.mat
+
+    num_class = 10                      # classes in the run
+    class_per_task = 2                  # classes a task
+    num_task = 5                        # tasks (num_task * class_per_task == num_class)
+    class_order = "natural"             # "natural" (0, 1, …), "shuffled" (seeded) or a classes.txt path
+    seed = 0                            # seeds the class order, memory, loaders and init
+
+    memory = 2000                       # exemplars kept in total, split equally over seen classes
+    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
+
+    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
+    r = 1                               # inner-loop steps per task and mini-batch (release: 1, 4 at the end)
+
+    optimizer = "radam"                 # "sgd", "adam" or "radam" (release: RAdam)
+    lr = 0.01                           # learning rate of the inner loop (release)
+    momentum = 0.9                      # SGD momentum (ignored by radam)
+    weight_decay = 0.0                  # L2 penalty of the optimizer
+    epochs = 20                         # epochs a session; the last epoch's model is kept
+    schedule = [5, 10, 15]              # epochs at which the learning rate is multiplied by gamma
+    gamma = 0.2                         # learning-rate decay factor (release)
+    train_batch = 256                   # mini-batch of Alg. 1 (new task and memory shuffled)
+    test_batch = 256                    # evaluation batch
+    num_workers = 4                     # DataLoader workers (CPU decoding and augmentation)
+
+    continuum = 20                      # test samples a continuum shares (the paper's p)
+    adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
+    adapt_epochs = 1                    # "single update": epochs over the task's exemplars
+    adapt_batch = 64                    # "single update": batch size (release)
+    device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    image_size = None                   # fixed 32×32 (only image-file data sets resize)
+
+
+if __name__ == "__main__":
+    main(args)
