@@ -220,7 +220,7 @@ def load_svhn(cfg):
     splits = [_torchvision(
         "SVHN", lambda download, split=split: datasets.SVHN(root, split, download=download),
         root, os.path.join(root, f"{split}_32x32.mat"), "train_32x32.mat and test_32x32.mat",
-        "http://ufldl.stanford.edu/housenumbers/ (format 2, cropped digits)")
+        "http://ufldl.stanford.edu/housenumbers/, format 2: cropped digits")
         for split in ("train", "test")]
     train, test = (np.ascontiguousarray(s.data.transpose(0, 2, 3, 1)) for s in splits)
     return _array_source(train, splits[0].labels, test, splits[1].labels,
@@ -276,16 +276,17 @@ def load_imagenet(cfg):
 def load_celeb(cfg):
     """MS-Celeb-10K: train/<identity>/<image> and test/<identity>/<image> (aligned faces)."""
     return _folder_source(cfg, "MS-Celeb-10K", "test", "faces", None,
-                          "the MS-Celeb-1M aligned faces, 10,000 identities split as in the BiC paper")
+                          "a 10,000-identity subset of MS-Celeb-1M's aligned faces")
 
 
-def _read_table(path, columns, root):
+CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+
+
+def _read_table(path, columns):
     """A CUB text file: lines of ``columns`` whitespace-separated fields, the first an image id."""
     if not os.path.isfile(path):
-        raise ConfigError(f"CUB-200-2011: {path} is missing; args.data_path = {root!r} must hold "
-                          "CUB_200_2011/ with images.txt, image_class_labels.txt, "
-                          "train_test_split.txt and images/ (from "
-                          "https://www.vision.caltech.edu/datasets/cub_200_2011/).")
+        raise ConfigError(f"CUB-200-2011: {path} is missing; restore it from the CUB_200_2011 "
+                          f"archive (from {CUB_URL}).")
     rows = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -305,9 +306,14 @@ def load_cub(cfg):
     root = cfg.data_path
     if not os.path.isfile(os.path.join(root, "images.txt")):
         root = os.path.join(root, "CUB_200_2011")
-    images = _read_table(os.path.join(root, "images.txt"), 2, cfg.data_path)
-    labels = _read_table(os.path.join(root, "image_class_labels.txt"), 2, cfg.data_path)
-    is_train = _read_table(os.path.join(root, "train_test_split.txt"), 2, cfg.data_path)
+        if not os.path.isfile(os.path.join(root, "images.txt")):
+            raise ConfigError(f"CUB-200-2011 is not in args.data_path = {cfg.data_path!r}: neither it "
+                              "nor its CUB_200_2011/ subfolder holds images.txt; extract "
+                              f"CUB_200_2011.tgz (from {CUB_URL}) so that images.txt, "
+                              "image_class_labels.txt, train_test_split.txt and images/ are there.")
+    images = _read_table(os.path.join(root, "images.txt"), 2)
+    labels = _read_table(os.path.join(root, "image_class_labels.txt"), 2)
+    is_train = _read_table(os.path.join(root, "train_test_split.txt"), 2)
     try:
         ids = sorted(images, key=int)
         label_of = {i: int(labels[i]) - 1 for i in ids}
@@ -316,7 +322,7 @@ def load_cub(cfg):
         raise ConfigError(f"CUB-200-2011: the text files under {root} disagree or are corrupt "
                           f"(image {e}); restore them from the original archive.") from None
     num_class = max(label_of.values()) + 1
-    names = _read_table(os.path.join(root, "classes.txt"), 2, cfg.data_path) \
+    names = _read_table(os.path.join(root, "classes.txt"), 2) \
         if os.path.isfile(os.path.join(root, "classes.txt")) else {}
     classes = [names.get(str(c + 1), str(c + 1)) for c in range(num_class)]
     samples = {True: [], False: []}

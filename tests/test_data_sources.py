@@ -238,11 +238,17 @@ def test_cub_text_layout(tmp_path, cfg_factory):
 
 
 def test_cub_missing_and_corrupt_files(tmp_path, cfg_factory):
-    with pytest.raises(ConfigError, match=r"CUB-200-2011: .*images.txt is missing; args.data_path "
-                       r"= '.*' must hold CUB_200_2011/ with images.txt, image_class_labels.txt, "
-                       r"train_test_split.txt and images/ \(from https://www.vision.caltech.edu"):
+    with pytest.raises(ConfigError, match=r"CUB-200-2011 is not in args.data_path = '.*': neither it "
+                       r"nor its CUB_200_2011/ subfolder holds images.txt; extract CUB_200_2011.tgz "
+                       r"\(from https://www.vision.caltech.edu/datasets/cub_200_2011/\) so that "
+                       r"images.txt, image_class_labels.txt, train_test_split.txt and images/"):
         S.load_cub(cub_cfg(cfg_factory, tmp_path))
     folder = F.write_cub(str(tmp_path))
+    os.rename(os.path.join(folder, "train_test_split.txt"), os.path.join(folder, "split.bak"))
+    with pytest.raises(ConfigError, match=r"CUB-200-2011: .*train_test_split.txt is missing; "
+                       r"restore it from the CUB_200_2011 archive"):
+        S.load_cub(cub_cfg(cfg_factory, tmp_path))
+    os.rename(os.path.join(folder, "split.bak"), os.path.join(folder, "train_test_split.txt"))
     with open(os.path.join(folder, "image_class_labels.txt"), "a") as f:
         f.write("31\n")
     with pytest.raises(ConfigError, match=r"line 31 of .*image_class_labels.txt is corrupt"):
