@@ -68,6 +68,38 @@ def test_end_to_end_files_and_records(full_run):
     assert "session 2: 6 classes seen" in log
 
 
+def test_every_session_leaves_an_up_to_date_report(full_run):
+    import pandas as pd
+    from PIL import Image
+    from utils.metrics import protocol_metrics
+    args, records = full_run
+    table = pd.read_csv(os.path.join(args.checkpoint, "report.csv"))
+    row = table[table.protocol == "task_agnostic"].iloc[0]
+    assert row.sessions == 3 and row.final_acc == pytest.approx(records[2]["acc_task_agnostic"])
+    want = protocol_metrics(records, "task_agnostic")
+    assert row.avg_forgetting == pytest.approx(want["avg_forgetting"], abs=1e-4)
+    assert "## Accuracy matrices" in open(os.path.join(args.checkpoint, "report.md")).read()
+    with Image.open(os.path.join(args.checkpoint, "accuracy.png")) as image:
+        image.verify()
+    log = open(os.path.join(args.checkpoint, "log.txt")).read()
+    assert (f"task-agnostic: final {records[2]['acc_task_agnostic']:.2f}, average incremental "
+            f"{want['avg_incremental_acc']:.2f}") in log
+
+
+def test_a_failing_report_does_not_cost_the_session(small_args, monkeypatch):
+    import utils.session as S
+
+    def broken(*a, **k):
+        raise OSError("disk quota exceeded")
+    monkeypatch.setattr(S, "write_report", broken)
+    small_args.num_class, small_args.num_task, small_args.epochs = 2, 1, 1
+    run(small_args, 0, "train_digits.py")
+    assert os.path.exists(os.path.join(small_args.checkpoint, "session_0.json"))
+    log = open(os.path.join(small_args.checkpoint, "log.txt")).read()
+    assert ("the report could not be written (OSError: disk quota exceeded); run "
+            f"`python3 -m utils.report {small_args.checkpoint}`") in log
+
+
 def test_resume_matches_the_uninterrupted_run(full_run, tmp_path):
     args, records = full_run
     resumed = moved(args, tmp_path, "resumed")

@@ -19,6 +19,7 @@ from utils.config import check_args
 from utils.errors import ConfigError
 from utils.logger import get_logger
 from utils.records import format_table, summary_csv
+from utils.report import write_report
 
 
 def main(args, argv=None):
@@ -160,7 +161,28 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier):
     store.save_model(t, model)
     write_json(store.memory_file(t), memory.state_dict())
     write_text(store.summary_file, summary_csv(earlier + [record]))
+    headline = _report(cfg, earlier + [record], log)
     write_json(store.session_json(t), record)  # written last: the session is now finished
     log.info(format_table(record))
+    if headline:
+        log.info(headline)
     return record
+
+
+def _report(cfg, records, log):
+    """report.csv, report.md and accuracy.png over the sessions so far. A failure here must not cost
+    the session its record: it is logged with the command that redoes the report. Returns the
+    headline metrics as a line for the log, or None."""
+    try:
+        table = write_report([(os.path.normpath(cfg.checkpoint), records)], cfg.checkpoint)
+    except Exception as e:  # plotting back ends and file systems fail in many ways
+        log.warning(f"the report could not be written ({type(e).__name__}: {e}); run "
+                    f"`python3 -m utils.report {cfg.checkpoint}` once the session has finished.")
+        return None
+    main = table[table.protocol == "task_agnostic"].iloc[0]
+    forgetting = "" if main.avg_forgetting != main.avg_forgetting else \
+        f", average forgetting {main.avg_forgetting:.2f}"
+    return (f"task-agnostic: final {main.final_acc:.2f}, average incremental "
+            f"{main.avg_incremental_acc:.2f}{forgetting}; report.md and accuracy.png in "
+            f"{cfg.checkpoint}")
 
