@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data_sources import (DATA_SOURCES, MNIST_MEAN, MNIST_STD, Source, TensorData,  # noqa: F401
-                          load_digits, load_mnist)
+from data_sources import DATA_SOURCES
 from utils.errors import ConfigError
 
 

@@ -7,6 +7,7 @@ corrupt a file to see the mismatch reported).
 import hashlib
 import os
 import pickle
+import struct
 
 import numpy as np
 
@@ -110,3 +111,18 @@ def write_cub(root, num_class=6, train_per_class=3, test_per_class=2, size=40):
         with open(os.path.join(folder, name), "w") as f:
             f.write("\n".join(lines) + "\n")
     return folder
+
+
+def write_fake_mnist(root, per_class_train=3, per_class_test=2):
+    """A tiny MNIST in its real on-disk format: idx files under <root>/MNIST/raw/."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for prefix, per_class in (("train", per_class_train), ("t10k", per_class_test)):
+        labels = np.repeat(np.arange(10), per_class).astype(np.uint8)
+        images = rng.randint(0, 256, size=(len(labels), 28, 28)).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, len(labels), 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+    return raw

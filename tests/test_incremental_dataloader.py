@@ -1,37 +1,23 @@
 """Data sets, class order, tasks, loaders and the replay memory, through the real loading code."""
-import struct
 import urllib.error
 
 import numpy as np
 import pytest
 import torch
 
+import data_sources as S
+from fake_data import write_fake_mnist
 import incremental_dataloader as D
 from utils.errors import ConfigError
-
-
-def write_fake_mnist(root, per_class_train=3, per_class_test=2):
-    """A tiny MNIST in its real on-disk format: idx files under <root>/MNIST/raw/."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.RandomState(0)
-    for prefix, per_class in (("train", per_class_train), ("t10k", per_class_test)):
-        labels = np.repeat(np.arange(10), per_class).astype(np.uint8)
-        images = rng.randint(0, 256, size=(len(labels), 28, 28)).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-            struct.pack(">IIII", 2051, len(labels), 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            struct.pack(">II", 2049, len(labels)) + labels.tobytes())
-    return raw
 
 
 def synthetic_source(num_class=6, per_class=10, test_per_class=4):
     g = torch.Generator().manual_seed(0)
     labels = np.repeat(np.arange(num_class), per_class)
     test_labels = np.repeat(np.arange(num_class), test_per_class)
-    train = D.TensorData(torch.randn(len(labels), 3, generator=g), labels)
-    test = D.TensorData(torch.randn(len(test_labels), 3, generator=g), test_labels)
-    return D.Source(train, train, test, train.labels, test.labels, num_class, (3,))
+    train = S.TensorData(torch.randn(len(labels), 3, generator=g), labels)
+    test = S.TensorData(torch.randn(len(test_labels), 3, generator=g), test_labels)
+    return S.Source(train, train, test, train.labels, test.labels, num_class, (3,))
 
 
 # ------------------------------------------------------------------ data sets
@@ -44,7 +30,7 @@ def test_mnist_loads_through_torchvision(tmp_path, cfg_factory):
     x, y = data.train_set[4]
     assert x.shape == (1, 28, 28) and y == 1
     pixel = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8)[4 * 784]
-    assert x[0, 0, 0].item() == pytest.approx((pixel / 255 - D.MNIST_MEAN) / D.MNIST_STD, abs=1e-5)
+    assert x[0, 0, 0].item() == pytest.approx((pixel / 255 - S.MNIST_MEAN) / S.MNIST_STD, abs=1e-5)
     assert data.input_shape == (1, 28, 28)
 
 
@@ -68,9 +54,9 @@ def test_mnist_corrupt_file_is_reported(tmp_path, cfg_factory):
 
 
 def test_digits_split_is_stratified_and_seeded(cfg_factory):
-    a = D.load_digits(cfg_factory(seed=0))
-    b = D.load_digits(cfg_factory(seed=0))
-    c = D.load_digits(cfg_factory(seed=1))
+    a = S.load_digits(cfg_factory(seed=0))
+    b = S.load_digits(cfg_factory(seed=0))
+    c = S.load_digits(cfg_factory(seed=1))
     assert len(a.train_labels) + len(a.test_labels) == 1797
     assert len(a.test_labels) == 360
     for cls in range(10):

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 import learner_task_itaml as L
-from incremental_dataloader import IncrementalData, ReplayMemory, Source, TensorData
+from data_sources import Source, TensorData
+from incremental_dataloader import IncrementalData, ReplayMemory
 
 # Logits = inputs (identity head). 2 tasks × 2 classes; each task's 4 samples form one continuum.
 LOGITS = [

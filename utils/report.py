@@ -126,9 +126,10 @@ def figure(runs):
     from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.add_subplot()
-    shown = set()
+    shown, ticks = set(), set()
     for n, (label, records) in enumerate(runs):
         classes = [r["seen_classes"] for r in records]
+        ticks.update(classes)
         style = RUN_STYLES[n % len(RUN_STYLES)]
         for protocol, (key, _) in PROTOCOL_LABELS.items():
             color, marker, text = STYLES[protocol]
@@ -140,12 +141,12 @@ def figure(runs):
         curve = paper_curve(records)
         if curve and curve["source"] not in shown:
             shown.add(curve["source"])
-            cpt = curve["class_per_task"]
-            ax.plot([cpt * (k + 1) for k in range(len(curve["accuracy"]))], curve["accuracy"],
+            paper_classes = [curve["class_per_task"] * (k + 1) for k in range(len(curve["accuracy"]))]
+            ticks.update(paper_classes)
+            ax.plot(paper_classes, curve["accuracy"],
                     "k--", marker="x", label=f"iTAML, the paper ({curve['source']})")
-    ticks = sorted({r["seen_classes"] for _, records in runs for r in records})
     if len(ticks) <= 20:
-        ax.set_xticks(ticks)
+        ax.set_xticks(sorted(ticks))
     ax.set_xlabel("number of classes")
     ax.set_ylabel("accuracy on all seen classes (%)")
     ax.set_ylim(0, 100.5)
