@@ -1,0 +1,363 @@
+"""Data-parallel iTAML under ``torchrun``: process group, sharding, the distributed meta-update, gathers.
+
+Started plainly (no RANK/WORLD_SIZE/LOCAL_RANK in the environment), :func:`setup` returns a disabled
+context and every helper here returns its input or does nothing, so a single-process run computes
+exactly what it computed before. Under ``torchrun`` each rank trains on its share of every global
+mini-batch and the ranks meet in a fixed number of collective calls per step, whatever their shards
+hold, so none can wait for a call another rank skips.
+
+The meta-update (Alg. 1, the "paper" variant) on a global mini-batch B split into shards B_r:
+
+- every rank runs the inner loop of each task k present in ITS shard, from the same base weights,
+  giving θ_k^r, φ_k^r (and BatchNorm statistics, treated like θ);
+- :func:`task_shares` counts, in one all-reduce, n_k = ranks whose shard holds task k and
+  M_k = samples of task k in B; the tasks of B are those with n_k > 0, K of them;
+- per task, the fast weights are averaged over the ranks that saw it, with weights w_k^r summing to
+  one: w_k^r = 1/n_k ("ranks", the default) or m_k^r/M_k ("samples", m_k^r = task k's samples in
+  B_r), and θ_fast is the plain mean of those per-task averages over the K tasks of B:
+
+      θ_fast   = (1/K) Σ_{k: n_k>0} Σ_{r sees k} w_k^r θ_k^r = Σ_r [ Σ_{k in B_r} (w_k^r/K) θ_k^r ]
+      φ_fast,k = Σ_{r sees k} w_k^r φ_k^r  for n_k > 0,   φ_base,k  for n_k = 0.
+
+  The bracket is what rank r accumulates locally (zero when B_r holds nothing); one SUM all-reduce
+  (:func:`all_reduce_sum_`) then gives θ_fast on every rank, bit-identical everywhere. Head rows are
+  accumulated as w_k^r φ_k^r in task k's slice and zero elsewhere; after the sum the slices of tasks
+  absent from B get their base value back (:func:`keep_absent_rows_`).
+- One process: n_k = 1 and m_k^r = M_k, so w_k^r = 1.0 and w_k^r/K = 1.0/K exactly; θ_fast is the
+  running sum of θ_k/K over the batch's tasks, task k's slice is φ_k, the others keep the base, and
+  the all-reduce is skipped: accumulated with these weights (see tests/dist_workers.py, paper_step),
+  the same numbers, bit for bit, as the single-process ``MetaLearner._paper_fast_weights``.
+- "samples" makes one plain-SGD inner step (r = 1, no momentum yet) on the shards equal to that step
+  on the whole global batch, because the loss is a mean over samples; "ranks" follows the issue's
+  wording ("counting only ranks that saw the task"). Both agree when shards are balanced.
+
+The "official" variant (tasks one after another from the live weights, then interpolation towards
+them) becomes: each rank runs its shard's tasks, then the live weights and BatchNorm statistics are
+averaged over the ranks (:func:`all_reduce_mean_`) before the interpolation. With one rank, the mean
+of one tensor is the tensor.
+
+Integer buffers (BatchNorm's step counters) count each rank's own inner steps; they are not part of
+the update, so rank 0's are broadcast after it (:func:`counters`) to keep the ranks bit-identical.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from utils.errors import ConfigError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands; ``enabled`` is False for a plain single-process run."""
+    enabled: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        """Only rank 0 writes files and prints tables."""
+        return self.rank == 0
+
+
+# ---------------------------------------------------------------- process group
+
+def setup(device="cpu", timeout=None):
+    """Join the torchrun process group (NCCL on GPUs, gloo on the CPU); disabled without torchrun.
+
+    ``device`` is the run's device as resolved from ``args.device`` ("auto" is resolved here too).
+    Under torchrun a GPU device becomes ``cuda:LOCAL_RANK``, one GPU per rank on each node.
+    ``timeout`` (a ``datetime.timedelta``) bounds every collective call; None keeps torch's default.
+    """
+    device = _as_device(device)
+    env = _torchrun_env()
+    if env is None:
+        return DistContext(device=device)
+    rank, world_size, local_rank = env
+    device = _rank_device(device, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not _backend_available(backend):
+        raise ConfigError(f"torchrun started this run but this torch build lacks the {backend} "
+                          "backend of torch.distributed; install a build that has it or start "
+                          "the script plainly.")
+    extra = {} if timeout is None else {"timeout": timeout}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the object collectives use the current device
+        extra["device_id"] = device    # binds the group to it (no guessing in barrier)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://", rank=rank,
+                                world_size=world_size, **extra)
+    return DistContext(True, rank, world_size, local_rank, device)
+
+
+def cleanup(ctx):
+    """Leave the process group (at the end of the run, also after an error)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _backend_available(backend):
+    # is_nccl_available/is_gloo_available exist on every torch >= 2.4 built with distributed.
+    if not dist.is_available():
+        return False
+    return dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
+
+
+def _as_device(device):
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _torchrun_env():
+    """(rank, world_size, local_rank) from torchrun's variables, None if none is set."""
+    present = [name for name in TORCHRUN_VARS if name in os.environ]
+    if not present:
+        return None
+    missing = [name for name in TORCHRUN_VARS + ("MASTER_ADDR", "MASTER_PORT")
+               if name not in os.environ]
+    if missing:
+        raise ConfigError(f"{', '.join(present)} set but {', '.join(missing)} missing: start the "
+                          "script with torchrun, or unset those variables to run one process.")
+    try:
+        rank, world_size, local_rank = (int(os.environ[name]) for name in TORCHRUN_VARS)
+    except ValueError:
+        values = ", ".join(f"{n}={os.environ[n]!r}" for n in TORCHRUN_VARS)
+        raise ConfigError(f"torchrun's variables must be integers, got {values}.") from None
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(f"RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} is not a "
+                          "valid torchrun rank (0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0).")
+    return rank, world_size, local_rank
+
+
+def _rank_device(device, local_rank):
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ConfigError(f"args.device = '{device}' names one GPU, but under torchrun each rank "
+                          "takes the GPU of its LOCAL_RANK; use 'auto' or 'cuda'.")
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise ConfigError(f"LOCAL_RANK={local_rank} but this node sees {visible} GPU(s); start at "
+                          f"most {visible} processes a node (--nproc_per_node) or make more GPUs "
+                          "visible (CUDA_VISIBLE_DEVICES).")
+    return torch.device("cuda", local_rank)
+
+
+# ---------------------------------------------------------------- sharding
+
+def local_batch(global_batch, world_size):
+    """Per-rank batch so that world_size of them make at least ``global_batch`` (equal if it
+    divides): ⌈global_batch / world_size⌉."""
+    return -(-global_batch // world_size)
+
+
+def shard(order, rank, world_size):
+    """Rank ``rank``'s share of ``order``: every world_size-th element starting at ``rank``, after
+    padding ``order`` by wrapping around to a multiple of world_size (as DistributedSampler does).
+
+    All shares have ⌈n/world_size⌉ elements, so every rank runs as many mini-batches. With a per-rank
+    batch b, the j-th mini-batches of all ranks together are positions [j·b·W, (j+1)·b·W) of
+    ``order``: with b·W = args.train_batch, exactly the single-process j-th mini-batch (the last one
+    completed by the first W·⌈n/W⌉ − n elements). With world_size 1 it is ``order`` itself.
+    """
+    order = np.asarray(order)
+    if world_size == 1 or len(order) == 0:
+        return order
+    padded = np.resize(order, local_batch(len(order), world_size) * world_size)  # cyclic repeat
+    return padded[rank::world_size]
+
+
+class ShardSampler(Sampler):
+    """Shards the order another sampler gives, anew each epoch (see :func:`shard`).
+
+    Wrap ``RandomSampler(subset, generator=g)`` and give the DataLoader the same ``g``: the
+    DataLoader and the sampler then draw from ``g`` exactly as ``DataLoader(subset, shuffle=True,
+    generator=g)`` does, so every rank (same seed) sees the single-process permutation of every epoch
+    and shards it; with world_size 1 the batches are the single-process ones.
+    """
+
+    def __init__(self, sampler, rank, world_size):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def __iter__(self):
+        return iter(shard(list(self.sampler), self.rank, self.world_size).tolist())
+
+    def __len__(self):
+        return local_batch(len(self.sampler), self.world_size)
+
+
+def eval_shard(indices, rank, world_size):
+    """Rank ``rank``'s contiguous block of ``indices``, all blocks ⌈n/W⌉ long (the tail padded by
+    wrapping around), so no rank is empty while n > 0. ``gather_cat(outputs)[:n]`` puts the
+    outputs of every index back exactly once, in the original order."""
+    indices = np.asarray(indices)
+    if world_size == 1 or len(indices) == 0:
+        return indices
+    size = local_batch(len(indices), world_size)
+    return np.resize(indices, size * world_size)[rank * size:(rank + 1) * size]
+
+
+# ---------------------------------------------------------------- the meta-update (Alg. 1)
+
+@dataclass(frozen=True)
+class TaskShares:
+    """Who saw which task of one global mini-batch: ``ranks[k]`` = n_k, ``samples[k]`` = M_k."""
+    ranks: torch.Tensor
+    samples: torch.Tensor
+    weighting: str = "ranks"
+
+    @property
+    def tasks(self):
+        """Tasks of the global mini-batch, ascending."""
+        return torch.nonzero(self.ranks > 0).squeeze(1).tolist()
+
+    def head_weight(self, k, local_samples):
+        """w_k^r: this rank's share of task k's average (1.0 with one process); ``local_samples``
+        is m_k^r, task k's samples in this rank's shard."""
+        if self.weighting == "samples":
+            return int(local_samples) / int(self.samples[k])
+        return 1.0 / int(self.ranks[k])
+
+    def theta_weight(self, k, local_samples):
+        """w_k^r / K: this rank's weight of θ_k^r (and BatchNorm statistics) in θ_fast."""
+        return self.head_weight(k, local_samples) / len(self.tasks)
+
+
+def task_shares(task_ids, num_task, ctx, weighting="ranks"):
+    """n_k and M_k over all ranks from each rank's per-sample task ids (one tiny all-reduce; call
+    it before the inner loops, on every rank, even with an empty shard)."""
+    if weighting not in ("ranks", "samples"):
+        raise ValueError(f"weighting must be 'ranks' or 'samples', not {weighting!r}")
+    task_ids = task_ids.reshape(-1).cpu().long()
+    if len(task_ids) and not 0 <= int(task_ids.min()) <= int(task_ids.max()) < num_task:
+        raise ValueError(f"task ids must lie in 0..{num_task - 1}")  # else the shapes would differ
+    samples = torch.bincount(task_ids, minlength=num_task)
+    counts = torch.stack([(samples > 0).long(), samples])
+    if ctx.enabled:
+        counts = counts.to(ctx.device)
+        dist.all_reduce(counts)
+        counts = counts.cpu()
+    return TaskShares(counts[0], counts[1], weighting)
+
+
+def keep_absent_rows_(fast_head, base_head, shares, class_per_task):
+    """After the sum, tasks absent from the global batch get their base head rows back (their
+    accumulators hold zeros)."""
+    absent = torch.nonzero(shares.ranks == 0).squeeze(1).tolist()
+    for fast, base in zip(fast_head, base_head):
+        for k in absent:
+            rows = slice(k * class_per_task, (k + 1) * class_per_task)
+            fast[rows] = base[rows]
+
+
+@torch.no_grad()
+def all_reduce_sum_(tensors, ctx):
+    """Sum each tensor over the ranks, in place: one collective call per dtype (usually one)."""
+    if ctx.enabled:
+        _coalesced(tensors, lambda flat: dist.all_reduce(flat))
+
+
+@torch.no_grad()
+def all_reduce_mean_(tensors, ctx):
+    """Mean of each tensor over the ranks, in place (the official variant's live weights)."""
+    if ctx.enabled:
+        all_reduce_sum_(tensors, ctx)
+        torch._foreach_div_(list(tensors), float(ctx.world_size))
+
+
+def _coalesced(tensors, collective):
+    # One flat buffer per (device, dtype): one call instead of one per parameter, through public
+    # calls only (all_reduce_coalesced is deprecated and not on every backend). Groups are formed
+    # in a fixed order so all ranks issue the same calls.
+    groups = {}
+    for t in tensors:
+        groups.setdefault((str(t.device), t.dtype), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        collective(flat)
+        for t, part in zip(group, torch.split(flat, [t.numel() for t in group])):
+            t.copy_(part.view_as(t))
+
+
+# ---------------------------------------------------------------- the rest of the loop
+
+def barrier(ctx):
+    if ctx.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj, ctx, src=0):
+    """``src``'s picklable object on every rank (the replay memory, chosen once on rank 0)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_object(obj, ctx):
+    """Every rank's picklable object, in rank order, on every rank."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def broadcast_tensors_(tensors, ctx, src=0):
+    """Copy ``src``'s values into every rank's tensors, in place."""
+    if ctx.enabled:
+        _coalesced(tensors, lambda flat: dist.broadcast(flat, src=src))
+
+
+def broadcast_module_(module, ctx, src=0):
+    """Copy ``src``'s parameters and buffers into every rank's module (identical start)."""
+    broadcast_tensors_(list(module.parameters()) + list(module.buffers()), ctx, src)
+
+
+def counters(module):
+    """Integer buffers (BatchNorm's num_batches_tracked). Each rank counts its own inner steps, so
+    they drift apart; they are not interpolated, so broadcast_tensors_(counters(model), ctx) after
+    each meta-update keeps the ranks bit-identical (rank 0's count; one process: unchanged)."""
+    return [b for b in module.buffers() if not b.is_floating_point()]
+
+
+def gather_cat(tensor, ctx):
+    """Concatenate along dim 0 every rank's tensor, in rank order, on every rank. Lengths may
+    differ (zero included); dtype and trailing shape must agree, so an empty rank passes
+    ``torch.empty((0, *trailing), dtype=...)``."""
+    if not ctx.enabled:
+        return tensor
+    local = tensor.to(ctx.device)
+    size = torch.tensor([len(local)], device=ctx.device)
+    sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    if max(sizes) == 0:
+        return tensor
+    # all_gather needs equal shapes: pad to the longest, cut the padding off afterwards.
+    padded = local.new_zeros((max(sizes), *local.shape[1:]))
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(tensor.device)
+
+
+def checksum(module):
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): equal strings mean
+    bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
