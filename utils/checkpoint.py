@@ -1,35 +1,80 @@
-"""Where a run's files live, how they are written (atomically) and read back (safely).
+"""Where a run's files live, how they are written (atomically, durably) and read back (safely).
 
-Results go to ``args.checkpoint`` (session JSONs, summary.csv, class order, log) and weights to
-``args.savepoint`` (model and replay memory of every session), as in the release. A session counts as
-finished only once its ``session_<t>.json`` is in place, and it is written last; a finished session's
-files are never written again.
+Results go to ``args.checkpoint`` (session JSONs, summary.csv, class order, manifest, log) and
+weights to ``args.savepoint`` (model and replay memory of every session), as in the release. A
+session counts as finished only once its ``session_<t>.json`` is in place, and it is written last; a
+finished session's files are never written again. Nothing here unpickles: models load with
+``weights_only=True`` and everything else is JSON, so a downloaded checkpoint cannot run code.
 """
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
 import tempfile
 
 import torch
 
 from utils.errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: runs there go without the lock
+    fcntl = None
+
+# What atomic_write leaves when a run is killed between writing a temporary file and moving it into
+# place: "." + the file's name + "." + mkstemp's 8 random characters.
+TEMPORARY = re.compile(r"^\.(session_\d+(\.json|_model\.pt|_memory\.json)|summary\.csv|"
+                       r"class_order\.json|classes\.txt|manifest\.json|report\.csv|report\.md|"
+                       r"accuracy\.png)\.[a-z0-9_]{8}$")
+
 
 def atomic_write(path, write):
-    """Write through ``write(file_object)`` to a temporary name, then move it into place."""
+    """Write through ``write(file_object)`` to a temporary name in the same folder, then move it into
+    place: readers see the old file or the whole new one, never a part, even after a kill."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should read like any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the data reach the disk before the name does
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_folder(folder)  # the rename itself survives a power cut
+
+
+def make_folder(folder):
+    """``os.makedirs``, with every new folder's name synced into its parent."""
+    missing, folder = [], os.path.abspath(folder)  # a relative path's dirname ends in "", not "/"
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for new in reversed(missing):
+        os.makedirs(new, exist_ok=True)
+        fsync_folder(os.path.dirname(new))
+
+
+def fsync_folder(folder):
+    """Flush a folder's entries (new names, renames) to disk; a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some file systems (certain network mounts) refuse fsync on a folder; they commit names
+        # on their own.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask():
@@ -44,6 +89,14 @@ def write_json(path, obj):
 
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class RunStore:
@@ -73,6 +126,14 @@ class RunStore:
     @property
     def summary_file(self):
         return os.path.join(self.cfg.checkpoint, "summary.csv")
+
+    @property
+    def manifest_file(self):
+        return os.path.join(self.cfg.checkpoint, "manifest.json")
+
+    @property
+    def lock_file(self):
+        return os.path.join(self.cfg.checkpoint, ".lock")
 
     def finished(self):
         """Sessions whose record is in place, in order."""
@@ -111,15 +172,72 @@ class RunStore:
             problem = f"is corrupt ({e})"
         raise ConfigError(f"{path} {problem}; {hint}.")
 
+    def read_record(self, t):
+        """Session t's record, checked enough that the summary and the report can use it."""
+        path = self.session_json(t)
+        record = self.read_json(path, self.redo_hint(t))
+        if (not isinstance(record, dict) or record.get("session") != t
+                or not isinstance(record.get("args"), dict)
+                or not isinstance(record.get("per_task"), dict)):
+            raise ConfigError(f"{path} is corrupt (it is not the record of session {t}); "
+                              f"{self.redo_hint(t)}.")
+        return record
+
     def load_model_state(self, t):
+        """A state_dict of tensors; ``weights_only`` refuses any pickled object that could run code."""
         path = self.model_file(t)
         if not os.path.exists(path):
             raise ConfigError(f"{path} is missing; {self.redo_hint(t)}.")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for truncated or foreign files
-            raise ConfigError(f"{path} is corrupt ({type(e).__name__}); {self.redo_hint(t)}.")
+            raise ConfigError(f"{path} is corrupt or not a plain tensor checkpoint "
+                              f"({type(e).__name__}); {self.redo_hint(t)}.") from None
+
+    def check_checksum(self, path, record, t):
+        """Catch a file that still parses but changed after session t finished (a bad copy, a
+        flipped bit, a file of another run): its record holds the checksum it was written with."""
+        expected = (record.get("checksums") or {}).get(os.path.basename(path))
+        if expected is not None and sha256(path) != expected:
+            raise ConfigError(f"{path} is corrupt: its checksum differs from the one in "
+                              f"{self.session_json(t)}; restore the file, or {self.redo_hint(t)}.")
 
     def save_model(self, t, model):
+        """Returns the file's checksum, for the session's record."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         atomic_write(self.model_file(t), lambda f: torch.save(state, f))
+        return sha256(self.model_file(t))
+
+    def save_memory(self, t, memory_state):
+        write_json(self.memory_file(t), memory_state)
+        return sha256(self.memory_file(t))
+
+    def remove_temporaries(self):
+        """Delete what a killed run left half-written (``.session_1_model.pt.k3x9a_2q``); nothing
+        reads those files, but a model's is tens of megabytes and every kill can add one. Returns
+        the names removed."""
+        removed = []
+        for folder in sorted({self.cfg.checkpoint, self.cfg.savepoint}):
+            names = os.listdir(folder) if os.path.isdir(folder) else []
+            for name in sorted(filter(TEMPORARY.match, names)):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+        return removed
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``<checkpoint>/.lock`` for the run, so a second run on the same folders stops at once
+        instead of deleting the first one's temporary files. The kernel drops it when a process dies,
+        so a killed run never leaves a stale lock."""
+        make_folder(self.cfg.checkpoint)
+        with open(self.lock_file, "a") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ConfigError(f"another run is using {self.cfg.checkpoint} (it holds "
+                                      f"{self.lock_file}); wait until it ends, or give this run "
+                                      "its own args.checkpoint and args.savepoint.") from None
+                except OSError:  # a file system without locks (some network mounts): go unguarded
+                    pass
+            yield
