@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from utils.checkpoint import sha256
 from utils.errors import ConfigError
 from utils.session import run
 
@@ -56,6 +57,10 @@ def test_end_to_end_files_and_records(full_run):
         assert os.path.exists(os.path.join(args.savepoint, f"session_{t}_model.pt"))
         memory = json.load(open(os.path.join(args.savepoint, f"session_{t}_memory.json")))
         assert sorted(map(int, memory["exemplars"])) == list(range(2 * (t + 1)))
+        assert saved["checksums"] == {  # what each file was written with, checked on resume
+            f"session_{t}_model.pt": sha256(os.path.join(args.savepoint, f"session_{t}_model.pt")),
+            f"session_{t}_memory.json": sha256(os.path.join(args.savepoint,
+                                                            f"session_{t}_memory.json"))}
     assert records[0]["eta"] == 1.0 and records[2]["eta"] < records[1]["eta"] < 1.0
     rows = list(csv.DictReader(open(os.path.join(args.checkpoint, "summary.csv"))))
     assert [int(r["session"]) for r in rows] == [0, 1, 2]
@@ -305,3 +310,61 @@ def test_ctrl_c_names_the_session_to_resume(small_args, monkeypatch, capsys):
             "`python3 train_digits.py 1`") in open(os.path.join(small_args.checkpoint, "log.txt")).read()
     assert os.path.exists(os.path.join(small_args.checkpoint, "session_0.json"))
     assert not os.path.exists(os.path.join(small_args.checkpoint, "session_1.json"))
+
+
+def test_the_first_line_says_what_it_resumes_from_and_where_it_writes(full_run, finished_two):
+    args, _ = full_run
+    first = open(os.path.join(args.checkpoint, "log.txt")).read().splitlines()[0]
+    assert first.endswith(f"train_digits.py: iTAML (paper variant) on digits, sessions 0..2 on cpu, "
+                          f"starting afresh; results to {args.checkpoint}, weights to "
+                          f"{args.savepoint}")
+    open(os.path.join(finished_two.checkpoint, "log.txt"), "w").close()
+    run(finished_two, 2, "train_digits.py")
+    first = open(os.path.join(finished_two.checkpoint, "log.txt")).read().splitlines()[0]
+    model, memory = (os.path.join(finished_two.savepoint, f"session_1_{n}")
+                     for n in ("model.pt", "memory.json"))
+    assert first.endswith(f"sessions 2..2 on cpu, resuming from finished session 1 ({model}, "
+                          f"{memory}); results to {finished_two.checkpoint}, weights to "
+                          f"{finished_two.savepoint}")
+
+
+def test_a_changed_model_that_still_loads_is_caught_by_its_checksum(finished_two):
+    path = os.path.join(finished_two.savepoint, "session_1_model.pt")
+    state = torch.load(path, weights_only=True)
+    state["head.weight"][0, 0] += 1
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"session_1_model.pt is corrupt: its checksum differs "
+                                          r"from the one in .*session_1.json; restore the file, or "
+                                          r"move .*session_1.json away and run `python3 "
+                                          r"train_digits.py 1`"):
+        run(finished_two, 2, "train_digits.py")
+
+
+def test_a_changed_memory_that_still_parses_is_caught_by_its_checksum(finished_two):
+    path = os.path.join(finished_two.savepoint, "session_1_memory.json")
+    json.dump(json.load(open(path)), open(path, "w"))  # same exemplars, other bytes
+    with pytest.raises(ConfigError, match=r"session_1_memory.json is corrupt: its checksum differs"):
+        run(finished_two, 2, "train_digits.py")
+
+
+def test_a_record_that_is_not_a_record(finished_two):
+    open(os.path.join(finished_two.checkpoint, "session_0.json"), "w").write("[]")
+    with pytest.raises(ConfigError, match=r"session_0.json is corrupt \(it is not the record of "
+                                          r"session 0\); move .* and run `python3 train_digits.py 0`"):
+        run(finished_two, 2, "train_digits.py")
+
+
+def test_ctrl_c_just_after_a_record_names_the_next_session(small_args, monkeypatch):
+    """Ctrl-C between session 1's record and the loop's next step: session 1 is finished."""
+    import utils.session as S
+    real = S.write_json
+
+    def write_then_interrupt(path, obj):
+        real(path, obj)
+        if os.path.basename(path) == "session_1.json":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(S, "write_json", write_then_interrupt)
+    with pytest.raises(SystemExit):
+        run(small_args, 0, "train_digits.py")
+    assert "resume with `python3 train_digits.py 2`" in open(
+        os.path.join(small_args.checkpoint, "log.txt")).read()

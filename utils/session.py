@@ -18,6 +18,7 @@ from utils.checkpoint import RunStore, write_json, write_text
 from utils.config import check_args
 from utils.errors import ConfigError
 from utils.logger import get_logger
+from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
 from utils.records import format_table, summary_csv
 from utils.report import write_report
 
@@ -64,64 +65,115 @@ def run(args, start=0, script="train.py"):
     device = resolve_device(cfg.device)
     store = RunStore(cfg, script)
     store.check_start(start)
-    model, memory, data = _prepare(cfg, store, start, device)  # reads everything, writes nothing
-    history = [store.read_json(store.session_json(s), store.redo_hint(s))  # for summary.csv
-               for s in range(start)]
+    # Everything is read and checked before anything is written: a bad resume costs no training.
+    history = [store.read_record(s) for s in range(start)]  # for summary.csv and the report
+    changes, saved, manifest = _read_resume(cfg, store, start, history) if start else ({}, None, None)
+    model, memory, data = _prepare(cfg, store, start, device, saved, history)
+    with store.lock():
+        log = _begin(cfg, store, start, device, data, manifest, changes, history)
+        return _sessions(cfg, store, data, model, memory, start, device, log, history)
+
+
+def _read_resume(cfg, store, start, history):
+    """The args changed since session start−1 (refusing those that would change what the finished
+    sessions mean), its class order, and the manifest."""
+    def saved_names():  # only read when a class list has moved
+        return _load_class_order(cfg, store).get("class_names")
+    changes = check_resume(cfg, history[-1], store.session_json(start - 1), saved_names)
+    return changes, _load_class_order(cfg, store), read_manifest(store, start)
+
+
+def _begin(cfg, store, start, device, data, manifest, changes, history):
+    """Clear what a killed run left half-written, write the run's own files, say what happens next."""
+    removed = store.remove_temporaries()
     log = get_logger(cfg.checkpoint)
+    log.info(_start_line(cfg, store, start, device))
     if start == 0:
         write_json(store.class_order_file, {"class_order": data.class_order,
                                             "class_names": data.class_names})
         write_text(store.class_list_file, "".join(f"{name}\n" for name in data.class_names))
-    log.info(f"{script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
-             f"{cfg.num_task - 1} on {device}; "
-             + (f"resuming from session {start - 1} in {cfg.savepoint}; " if start else "")
-             + f"results to {cfg.checkpoint}, weights to {cfg.savepoint}")
-    t = start
+        write_json(store.manifest_file, started(cfg, store.script, start, device))
+    else:
+        _record_resume(store, start, device, manifest, changes, history, log)
+    if removed:
+        log.info(f"removed {len(removed)} half-written file(s) an interrupted run left: "
+                 + ", ".join(removed))
+    return log
+
+
+def _record_resume(store, start, device, manifest, changes, history, log):
+    manifest = manifest or rebuilt(history[-1], store.session_json(start - 1))
+    manifest, setup = resumed(manifest, store.script, start, device, changes)
+    write_json(store.manifest_file, manifest)
+    if changes:
+        log.info("args changed since the finished sessions (recorded in manifest.json): "
+                 + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items()))
+    if setup:
+        log.warning(f"resuming on another setup ({', '.join(setup)}): the sessions from here may "
+                    "differ slightly from an uninterrupted run's.")
+
+
+def _start_line(cfg, store, start, device):
+    where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
+             f"{store.memory_file(start - 1)})" if start else "starting afresh")
+    return (f"{store.script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
+            f"{cfg.num_task - 1} on {device}, {where}; results to {cfg.checkpoint}, weights to "
+            f"{cfg.savepoint}")
+
+
+def _sessions(cfg, store, data, model, memory, start, device, log, history):
     try:
         for t in range(start, cfg.num_task):
             history.append(run_session(cfg, store, data, model, memory, t, device, log, history))
     except KeyboardInterrupt:
-        log.error(f"interrupted in session {t}; sessions before it are saved: resume with "
-                  f"`python3 {script} {t}`.")
+        # Ask the disk, not the loop: Ctrl-C may land after a session's record is in place.
+        nxt = len(store.finished())
+        log.error(f"interrupted in session {nxt}; sessions before it are saved: resume with "
+                  f"`python3 {store.script} {nxt}`." if nxt < cfg.num_task else
+                  "interrupted after the last session was saved; the run is complete.")
         sys.exit(130)
     return history[start:]
 
 
-def _prepare(cfg, store, start, device):
+def _prepare(cfg, store, start, device, saved, history):
     """Fresh model and memory at task 0; otherwise session start−1's model, memory and class order."""
     if start == 0:
         data = IncrementalData(cfg)
         memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
     else:
-        prev = start - 1
-        data = IncrementalData(cfg, _load_class_order(cfg, store))
-        memory = _load_memory(cfg, store, data, prev)
-        state = store.load_model_state(prev)
+        data = IncrementalData(cfg, saved["class_order"])
+        memory = _load_memory(cfg, store, data, start - 1, history[-1])
+        state = store.load_model_state(start - 1)
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.dataset, data.input_shape, cfg.num_class)
     if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError:
-            raise ConfigError(f"{store.model_file(start - 1)} does not fit the network of this "
-                              f"args (dataset {cfg.dataset!r}, num_class {cfg.num_class}); was it "
-                              "written by another configuration?") from None
+        _load_weights(model, state, cfg, store, start - 1, history[-1])
     return model.to(device), memory, data
+
+
+def _load_weights(model, state, cfg, store, t, record):
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError):
+        raise ConfigError(f"{store.model_file(t)} does not fit the network of this args (dataset "
+                          f"{cfg.dataset!r}, num_class {cfg.num_class}); was it written by another "
+                          "configuration?") from None
+    store.check_checksum(store.model_file(t), record, t)
 
 
 def _load_class_order(cfg, store):
     # Every session depends on the class order: redoing one session cannot repair it.
     hint = "restore it or start again at task 0 with a new args.checkpoint"
-    order = store.read_json(store.class_order_file, hint)
-    order = order.get("class_order") if isinstance(order, dict) else None
+    saved = store.read_json(store.class_order_file, hint)
+    order = saved.get("class_order") if isinstance(saved, dict) else None
     if (not isinstance(order, list) or len(order) != cfg.num_class or len(set(order)) != len(order)
             or not all(isinstance(c, int) for c in order)):
         raise ConfigError(f"{store.class_order_file} is corrupt or does not hold "
                           f"args.num_class = {cfg.num_class} distinct classes; {hint}.")
-    return order
+    return saved
 
 
-def _load_memory(cfg, store, data, t):
+def _load_memory(cfg, store, data, t, record):
     path = store.memory_file(t)
     state = store.read_json(path, store.redo_hint(t))
     try:
@@ -136,6 +188,7 @@ def _load_memory(cfg, store, data, t):
     if set(memory.classes()) != expected:
         raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} leaves "
                           f"exemplars of classes 0..{max(expected)}; {store.redo_hint(t)}.")
+    store.check_checksum(path, record, t)
     memory.size, memory.selection = cfg.memory, cfg.selection
     return memory
 
@@ -153,13 +206,14 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier):
     memory.update(data, data.task_classes(t), t, model, device)
     results = evaluate(model, data, memory, t, cfg, device, seed)
     done = time.time()
+    checksums = {os.path.basename(store.model_file(t)): store.save_model(t, model),
+                 os.path.basename(store.memory_file(t)): store.save_memory(t, memory.state_dict())}
     record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
               "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
               "final_train_loss": loss, "memory_exemplars": len(memory),
               "train_seconds": trained - began, "eval_seconds": done - trained,
-              "seconds": done - began, "device": str(device), "args": vars(cfg)}
-    store.save_model(t, model)
-    write_json(store.memory_file(t), memory.state_dict())
+              "seconds": done - began, "device": str(device), "args": vars(cfg),
+              "checksums": checksums}
     write_text(store.summary_file, summary_csv(earlier + [record]))
     headline = _report(cfg, earlier + [record], log)
     write_json(store.session_json(t), record)  # written last: the session is now finished
