@@ -4,11 +4,13 @@ torchvision reads what it knows (MNIST, CIFAR-100, SVHN, ``ImageFolder`` trees f
 MS-Celeb) and downloads what it can; CUB-200-2011's text files are read here. When data are absent and
 cannot be had, the error names the data set, ``args.data_path``, the expected layout and where to get it.
 """
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from utils.errors import ConfigError
@@ -24,6 +26,17 @@ STATS_SAMPLE = 500  # training images that estimate CUB's and MS-Celeb's channel
 
 
 @dataclass
+class Tensors:
+    """A small data set as two tensors, for ``args.gpu_data``: images N×C×H×W, either uint8 (scaled to
+    [0, 1] and normalised with ``stats`` batch by batch) or float (already normalised, ``stats`` None),
+    and the augmentation of the training set: "cifar", "digits" or None (see ``augment_batch``)."""
+    train: torch.Tensor
+    test: torch.Tensor
+    augment: str = None
+    stats: tuple = None
+
+
+@dataclass
 class Source:
     """One data set as read from disk: what the incremental scenario is built from."""
     train: Dataset          # training samples, training transforms, original labels
@@ -34,6 +47,7 @@ class Source:
     num_class: int          # classes the data set holds
     input_shape: tuple
     class_names: list = None  # name of each original label (folder name, wnid, digit)
+    tensors: Tensors = None   # the same images as tensors (small data sets only), for args.gpu_data
 
 
 class TensorData(Dataset):
@@ -104,6 +118,49 @@ def _transforms(kind, size, stats):
     return T.Compose(train + normalise), T.Compose(test + normalise)
 
 
+PADDING = {"cifar": 4, "digits": 2}  # the random crops' padding in _transforms
+MAX_DEGREES = 10  # RandomRotation of the digits
+
+
+def augment_batch(x, kind, generator):
+    """``_transforms``' training augmentation on a batch of [0, 1] images N×C×H×W, on its device:
+    a random crop of the zero-padded image, then a horizontal flip ("cifar") or a rotation of up to
+    10° about the centre with nearest-neighbour sampling and zero fill ("digits"). The random draws
+    come from the host ``generator``; the distribution is torchvision's, the draws are not."""
+    if kind is None:
+        return x
+    x = random_crop(x, PADDING[kind], generator)
+    n = len(x)
+    if kind == "cifar":
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_DEGREES)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1),
+                         torch.stack([sin, cos, torch.zeros(n)], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def random_crop(x, pad, generator):
+    """Each image cropped back to its size at a random offset of the image padded with ``pad`` zeros
+    on every side (torchvision's RandomCrop(size, padding=pad))."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+              for _ in range(2))
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def normalise_batch(x, stats):
+    """(x − mean) / std per channel, as ``T.Normalize(*stats)``."""
+    mean, std = (torch.tensor(s, dtype=x.dtype, device=x.device)[:, None, None] for s in stats)
+    return (x - mean) / std
+
+
 def estimate_stats(samples, size, kind, count=STATS_SAMPLE):
     """Per-channel mean and std of up to ``count`` training images seen through the test transform.
     The sample is fixed, so a resumed run normalises exactly as the first one did."""
@@ -170,7 +227,7 @@ def load_mnist(cfg):
         splits.append(TensorData(x, ds.targets.numpy()))
     train, test = splits
     return Source(train, train, test, train.labels, test.labels, 10, (1, 28, 28),
-                  [str(d) for d in range(10)])
+                  [str(d) for d in range(10)], Tensors(train.x, test.x))
 
 
 def load_digits(cfg):
@@ -187,16 +244,19 @@ def load_digits(cfg):
     train = TensorData(x[tr], labels[tr])
     test = TensorData(x[te], labels[te])
     return Source(train, train, test, train.labels, test.labels, 10, (1, 8, 8),
-                  [str(d) for d in range(10)])
+                  [str(d) for d in range(10)], Tensors(train.x, test.x))
 
 
 def _array_source(train_images, train_labels, test_images, test_labels, names, kind, stats):
     train_tf, test_tf = _transforms(kind, train_images.shape[1], stats)
+    # Views of the arrays (N×H×W×C memory seen as N×C×H×W): no copy unless args.gpu_data asks.
+    tensors = Tensors(*(torch.from_numpy(images).permute(0, 3, 1, 2)
+                        for images in (train_images, test_images)), kind, stats)
     return Source(ImageArray(train_images, train_labels, train_tf),
                   ImageArray(train_images, train_labels, test_tf),
                   ImageArray(test_images, test_labels, test_tf),
                   np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64),
-                  len(names), (3,) + tuple(train_images.shape[1:3]), list(names))
+                  len(names), (3,) + tuple(train_images.shape[1:3]), list(names), tensors)
 
 
 def load_cifar100(cfg):

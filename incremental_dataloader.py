@@ -4,11 +4,13 @@ Labels are handled as *positions* in the class order: position p is the p-th cla
 holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head.
 The memory stores indices into the training set, so it is small, exact and saved as JSON.
 """
+import math
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data_sources import DATA_SOURCES
+from data_sources import DATA_SOURCES, augment_batch, normalise_batch
 from utils.errors import ConfigError
 
 
@@ -77,6 +79,20 @@ class IncrementalData:
         self.train_set = Relabeled(src.train, position)
         self.train_plain = Relabeled(src.train_plain, position)
         self.test_set = Relabeled(src.test, position)
+        self.on_device = self._hold_on_device(src) if cfg.gpu_data else {}
+
+    def _hold_on_device(self, src):
+        """args.gpu_data: each split as one tensor on the run's device, with its augmentation."""
+        if src.tensors is None:
+            raise ConfigError(f"args.gpu_data = True but {self.cfg.dataset} is not held in memory; "
+                              "set gpu_data = False.")
+        device = torch.device("cuda" if self.cfg.device == "auto" else self.cfg.device)
+        t = src.tensors
+        train, test = t.train.to(device), t.test.to(device)
+        train_y, test_y = torch.from_numpy(self.train_labels), torch.from_numpy(self.test_labels)
+        return {id(self.train_set): (train, train_y, t.augment, t.stats),
+                id(self.train_plain): (train, train_y, None, t.stats),
+                id(self.test_set): (test, test_y, None, t.stats)}
 
     def task_classes(self, k):
         cpt = self.cfg.class_per_task
@@ -102,11 +118,39 @@ class IncrementalData:
         return self.loader(self.train_set, indices, self.cfg.train_batch, shuffle=True, seed=seed)
 
     def loader(self, dataset, indices, batch_size, shuffle=False, seed=0):
+        if id(dataset) in self.on_device:
+            return TensorBatches(*self.on_device[id(dataset)], indices, batch_size, shuffle, seed)
         generator = torch.Generator().manual_seed(int(seed))
         return DataLoader(Subset(dataset, np.asarray(indices, dtype=np.int64).tolist()),
                           batch_size=batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.cfg.num_workers,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+class TensorBatches:
+    """Mini-batches of a split held as one tensor (``args.gpu_data``): one gather per batch and a
+    batched augmentation on the tensor's device, so no worker processes and no per-sample Python.
+    Labels (class positions) stay on the host, where the learner plans its split by task."""
+
+    def __init__(self, images, labels, augment, stats, indices, batch_size, shuffle, seed):
+        self.images, self.labels, self.augment, self.stats = images, labels, augment, stats
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(int(seed))  # order and augmentation draws
+
+    def __len__(self):
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        order = self.indices
+        if self.shuffle:  # a new order every epoch, as a DataLoader's
+            order = order[torch.randperm(len(order), generator=self.generator)]
+        for chunk in order.split(self.batch_size):
+            x = self.images[chunk.to(self.images.device)]
+            if self.stats is not None:  # uint8 images: to [0, 1], augment, normalise
+                x = augment_batch(x.float().div_(255.0), self.augment, self.generator)
+                x = normalise_batch(x, self.stats)
+            yield x, self.labels[chunk]
 
 
 class ReplayMemory:

@@ -9,7 +9,6 @@ import contextlib
 import copy
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -58,19 +57,66 @@ def lr_at(cfg, epoch):
 
 
 def make_optimizer(cfg, params, lr):
+    # foreach: each update is a few multi-tensor kernels over all parameters rather than a Python
+    # loop over them (torch picks it by itself on GPUs only); the arithmetic is the same.
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               foreach=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.RAdam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.RAdam(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+# ---------------------------------------------------------------- speed options (args)
+
+def prepare_model(model, cfg):
+    """Put the model in the memory layout ``args.channels_last`` asks for (in place, idempotent)."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_input(x, cfg, device):
+    """A batch on the device, image batches in the layout the convolutions were given."""
+    x = x.to(device, non_blocking=True)
+    if cfg.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(cfg, device):
+    """bf16 autocast of forward passes and losses under ``args.amp``; weights and optimizer states
+    stay float32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+
+def split_by_task(x, y, class_per_task):
+    """Task k's samples (x_k, y_k) for every task k present in the batch, in increasing k, each in
+    batch order. The split is planned on the host from the labels and taken with one gather and
+    views, so a batch on the GPU costs no device synchronisation per task (boolean masks would)."""
+    task = y.cpu() // class_per_task
+    counts = torch.bincount(task)
+    tasks = torch.nonzero(counts).squeeze(1)
+    order = torch.argsort(task, stable=True)
+    sizes = counts[tasks].tolist()
+    xs = torch.split(x[order.to(x.device)], sizes)
+    ys = torch.split(y[order.to(y.device)], sizes)
+    return tasks.tolist(), xs, ys
 
 
 class MetaLearner:
-    """Trains the model through one session (one new task plus the replay memory)."""
+    """Trains the model through one session (one new task plus the replay memory).
+
+    No copy of the model is made: Φ_base is a snapshot of the parameter tensors, restored in place
+    before each task, and the meta-update is one multi-tensor lerp over the parameter list.
+    """
 
     def __init__(self, model, cfg, session, device="cpu"):
         self.model, self.cfg, self.session, self.device = model, cfg, session, device
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
+        prepare_model(model, cfg)
+        # The compiled forward shares the model's parameters, so the in-place restores reach it.
+        self.forward = torch.compile(model) if cfg.compile else model
         self.params = list(model.parameters())
         head = {id(p) for p in model.head.parameters()}
         self.is_head = [id(p) in head for p in self.params]
@@ -94,26 +140,31 @@ class MetaLearner:
                 group["lr"] = lr
 
     def inner_loop(self, x, y, k):
-        """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice."""
+        """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice.
+        Returns the last step's loss as a tensor (reading it would wait for the GPU)."""
         opt = self.optimizer_for(k)
         for _ in range(self.cfg.r):
             opt.zero_grad(set_to_none=True)
-            with single_sample_guard(self.model, len(x)):
-                loss = task_loss(self.model(x), y, k, self.cfg.class_per_task)
+            with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
+                loss = task_loss(self.forward(x), y, k, self.cfg.class_per_task)
             loss.backward()
             opt.step()
-        return loss.item()
+        return loss.detach()
 
     def meta_step(self, x, y):
-        """One mini-batch of Alg. 1; returns the mean over tasks of the last inner-step loss."""
-        tasks = torch.unique(y // self.cfg.class_per_task).tolist()
+        """One mini-batch of Alg. 1; returns the mean over tasks of the last inner-step loss, as a
+        0-d tensor. ``y`` may stay on the host: the task split is planned there."""
+        x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
+        tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
+        batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
+                   for k, xk, yk in zip(tasks, xs, ys)]
         with torch.no_grad():
             base = [p.detach().clone() for p in self.params]
             base_buffers = [b.clone() for b in self.buffers]
         if self.cfg.variant == "paper":
-            losses, fast, fast_buffers = self._paper_fast_weights(x, y, tasks, base, base_buffers)
+            losses, fast, fast_buffers = self._paper_fast_weights(batches, base, base_buffers)
         else:
-            losses, fast, fast_buffers = self._official_fast_weights(x, y, tasks)
+            losses, fast, fast_buffers = self._official_fast_weights(batches)
         with torch.no_grad():
             # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base, Φ_fast being mean_k θ_k for θ and the
             # slices φ_k of the tasks in the batch for the head (other slices keep their base value).
@@ -122,41 +173,40 @@ class MetaLearner:
             if fast_buffers is not None and self.buffers:
                 torch._foreach_lerp_(base_buffers, fast_buffers, self.eta)
                 torch._foreach_copy_(self.buffers, base_buffers)
-        return float(np.mean(losses))
+        return torch.stack(losses).double().mean()
 
-    def _paper_fast_weights(self, x, y, tasks, base, base_buffers):
+    def _paper_fast_weights(self, batches, base, base_buffers):
         """Every task starts from Φ_base; returns the fast weights to interpolate towards."""
-        cpt, n = self.cfg.class_per_task, len(tasks)
+        cpt, n = self.cfg.class_per_task, len(batches)
         fast = [b.clone() if head else torch.zeros_like(b) for b, head in zip(base, self.is_head)]
-        fast_theta = [f for f, head in zip(fast, self.is_head) if not head]
-        theta = [p for p, head in zip(self.params, self.is_head) if not head]
+        theta, phi = self._theta_phi(self.params)
+        fast_theta, fast_phi = self._theta_phi(fast)
         fast_buffers = [torch.zeros_like(b) for b in base_buffers]
         losses = []
-        for k in tasks:
+        for k, x, y in batches:
             with torch.no_grad():
                 torch._foreach_copy_(self.params, base)
                 if self.buffers:
                     torch._foreach_copy_(self.buffers, base_buffers)
-            mask = (y // cpt) == k
-            losses.append(self.inner_loop(x[mask], y[mask], k))
+            losses.append(self.inner_loop(x, y, k))
             with torch.no_grad():
                 torch._foreach_add_(fast_theta, theta, alpha=1.0 / n)   # mean_k θ_k
-                for f, p, head in zip(fast, self.params, self.is_head):
-                    if head:
-                        f[task_slice(k, cpt)] = p[task_slice(k, cpt)]  # φ_k, task k's rows only
+                for f, p in zip(fast_phi, phi):
+                    f[task_slice(k, cpt)] = p[task_slice(k, cpt)]      # φ_k, task k's rows only
                 if self.buffers:
                     torch._foreach_add_(fast_buffers, self.buffers, alpha=1.0 / n)
         return losses, fast, fast_buffers
 
-    def _official_fast_weights(self, x, y, tasks):
+    def _theta_phi(self, tensors):
+        """Split a list aligned with the parameters into its θ (features) and φ (head) parts."""
+        return ([t for t, head in zip(tensors, self.is_head) if not head],
+                [t for t, head in zip(tensors, self.is_head) if head])
+
+    def _official_fast_weights(self, batches):
         """The release's effective update: tasks trained one after another from the live weights
         with one shared optimizer (its per-task reset was a no-op, deviation 1), and the "mean" is
         the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
-        cpt = self.cfg.class_per_task
-        losses = []
-        for k in tasks:
-            mask = (y // cpt) == k
-            losses.append(self.inner_loop(x[mask], y[mask], k))
+        losses = [self.inner_loop(x, y, k) for k, x, y in batches]
         return losses, [p.detach() for p in self.params], None  # the live weights: Φ_last
 
     def train_session(self, loader, desc="train"):
@@ -166,8 +216,8 @@ class MetaLearner:
         loss = float("nan")
         for epoch in bar:
             self.set_lr(lr_at(self.cfg, epoch))
-            losses = [self.meta_step(x.to(self.device), y.to(self.device)) for x, y in loader]
-            loss = float(np.mean(losses))
+            losses = [self.meta_step(x, y) for x, y in loader]
+            loss = torch.stack(losses).mean().item()  # the one wait for the device in an epoch
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
         return loss
 
@@ -175,14 +225,16 @@ class MetaLearner:
 # ---------------------------------------------------------------- inference (Alg. 2)
 
 @torch.no_grad()
-def predict_logits(model, loader, device):
-    """Logits and labels over a loader, in loader order."""
+def predict_logits(model, loader, device, cfg=None):
+    """Logits and labels over a loader, in loader order (on the host)."""
     model.eval()
     outs, labels = [], []
     for x, y in loader:
-        outs.append(model(x.to(device)).float().cpu())
+        x = x.to(device, non_blocking=True) if cfg is None else to_input(x, cfg, device)
+        with contextlib.nullcontext() if cfg is None else autocast(cfg, device):
+            outs.append(model(x).float())
         labels.append(y)
-    return torch.cat(outs), torch.cat(labels)
+    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
 
 
 def task_scores(logits, num_tasks, class_per_task):
@@ -223,13 +275,14 @@ def adapt(model, data, memory, k, cfg, device, seed):
     if len(indices) == 0 or cfg.adapt_epochs == 0:
         return adapted
     adapted.train()
-    opt = torch.optim.Adam(adapted.parameters(), lr=cfg.adapt_lr)
+    opt = torch.optim.Adam(adapted.parameters(), lr=cfg.adapt_lr, foreach=True)
     loader = data.loader(data.train_set, indices, cfg.adapt_batch, shuffle=True, seed=seed)
     for _ in range(cfg.adapt_epochs):
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            with single_sample_guard(adapted, len(x)):
-                loss = task_loss(adapted(x.to(device)), y.to(device), k, cfg.class_per_task)
+            x, y = to_input(x, cfg, device), y.to(device, non_blocking=True)
+            with single_sample_guard(adapted, len(x)), autocast(cfg, device):
+                loss = task_loss(adapted(x), y, k, cfg.class_per_task)
             loss.backward()
             opt.step()
     return adapted
@@ -240,34 +293,41 @@ def accuracy(pred, labels):
 
 
 def evaluate(model, data, memory, session, cfg, device, seed=0):
-    """All four protocols over every seen class after ``session``; one adaptation per task."""
+    """All four protocols over every seen class after ``session``; one adaptation per task.
+
+    A sample routed to a task other than its own is wrong whatever class that task's adapted model
+    picks, since the pick lies in the wrong task's slice. So only the true task's adapted model
+    ever needs to classify a sample: one forward pass per test sample besides the base model's,
+    whatever the routes, with the same accuracies as classifying every routed sample.
+    """
     cpt, num_tasks = cfg.class_per_task, session + 1
+    prepare_model(model, cfg)
     indices = data.seen_test_indices(session)
     logits, labels = predict_logits(
-        model, data.loader(data.test_set, indices, cfg.test_batch), device)
+        model, data.loader(data.test_set, indices, cfg.test_batch), device, cfg)
     true_task = labels // cpt
     scores = task_scores(logits, num_tasks, cpt)
     generator = torch.Generator().manual_seed(seed)
-    routes = {  # which adapted model classifies each sample, per protocol
+    routes = {  # the task whose adapted model classifies each sample, per protocol
         "task_agnostic": predict_tasks(scores, continuum_ids(true_task, cfg.continuum, generator)),
         "per_sample": scores.argmax(1),
         "task_aware": true_task,
     }
-    preds = {name: torch.full_like(labels, -1) for name in routes}
-    preds["base"] = logits[:, :num_tasks * cpt].argmax(1)
+    within = torch.full_like(labels, -1)  # the class the true task's adapted model picks
     for k in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=None, leave=False):
-        routed = torch.stack([route == k for route in routes.values()]).any(0)
-        positions = torch.nonzero(routed).squeeze(1)
+        positions = torch.nonzero(true_task == k).squeeze(1)
         if len(positions) == 0:
             continue
-        # No adaptation at session 0: there are no exemplars of other tasks to tell apart yet.
-        adapted = model if session == 0 else adapt(model, data, memory, k, cfg, device, seed + k)
-        logits_k, _ = predict_logits(
-            adapted, data.loader(data.test_set, indices[positions.numpy()], cfg.test_batch), device)
-        within = logits_k[:, task_slice(k, cpt)].argmax(1) + k * cpt
-        for name, route in routes.items():
-            chosen = route[positions] == k
-            preds[name][positions[chosen]] = within[chosen]
+        if session == 0:  # no adaptation: one task, nothing to tell apart; the base logits serve
+            logits_k = logits[positions]
+        else:
+            adapted = adapt(model, data, memory, k, cfg, device, seed + k)
+            logits_k, _ = predict_logits(
+                adapted, data.loader(data.test_set, indices[positions.numpy()], cfg.test_batch),
+                device, cfg)
+        within[positions] = logits_k[:, task_slice(k, cpt)].argmax(1) + k * cpt
+    preds = {name: torch.where(route == true_task, within, -1) for name, route in routes.items()}
+    preds["base"] = logits[:, :num_tasks * cpt].argmax(1)
     results = {f"acc_{name}": accuracy(pred, labels) for name, pred in preds.items()}
     results["task_prediction_acc"] = accuracy(routes["task_agnostic"], true_task)
     results["task_prediction_acc_per_sample"] = accuracy(routes["per_sample"], true_task)

@@ -45,6 +45,10 @@ class args:
     adapt_batch = 64                    # "single update": batch size (release)
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     image_size = 224                    # side of the square crops (ResNet-18's stem adapts to it)
+    channels_last = True                # convolutions in channels-last memory layout (faster)
+    amp = False                         # bf16 autocast of forward passes (GPU only)
+    compile = False                     # torch.compile the inner loop's forward (GPU only)
+    gpu_data = False                    # only for data sets held in memory (mnist, cifar100, …)
 
 
 if __name__ == "__main__":

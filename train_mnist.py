@@ -38,6 +38,10 @@ class args:
     adapt_batch = 64                    # "single update": batch size (release)
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     image_size = None                   # fixed by the data set (only image-file data sets resize)
+    channels_last = False               # no convolutions: nothing to lay out
+    amp = False                         # bf16 autocast of forward passes (GPU only)
+    compile = False                     # torch.compile the inner loop's forward (GPU only)
+    gpu_data = False                    # hold the data set on the GPU and augment there (GPU only)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ import os
 from numbers import Integral, Real
 from types import SimpleNamespace
 
+import torch
+
 from utils.errors import ConfigError
 
 REQUIRED = object()
 DATASETS = ("mnist", "digits", "cifar100", "svhn", "imagenet", "celeb", "cub200")
 RESIZABLE = ("imagenet", "celeb", "cub200")  # read from image files, so any crop size works
+IN_MEMORY = ("mnist", "digits", "cifar100", "svhn")  # small enough to hold as one tensor on a GPU
+GPU_ONLY = ("gpu_data", "amp", "compile")  # speed options that only pay off on a GPU
 
 
 def _int(low=None):
@@ -57,6 +61,10 @@ def _image_size():
     return check, "None (the data set's standard size) or an integer >= 16"
 
 
+def _bool():
+    return (lambda v: isinstance(v, bool)), "True or False"
+
+
 def _device():
     def check(v):
         return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
@@ -95,6 +103,10 @@ SCHEMA = {
     "adapt_batch": (*_int(1), REQUIRED),
     "device": (*_device(), "auto"),
     "image_size": (*_image_size(), None),
+    "channels_last": (*_bool(), False),
+    "amp": (*_bool(), False),
+    "compile": (*_bool(), False),
+    "gpu_data": (*_bool(), False),
 }
 
 
@@ -125,6 +137,7 @@ def check_args(args):
                           f"image files ({', '.join(RESIZABLE)}); {cfg.dataset} has a fixed size, "
                           "so remove the field.")
     _check_split(cfg)
+    _check_speed_options(cfg)
     return cfg
 
 
@@ -142,3 +155,19 @@ def _check_split(cfg):
         raise ConfigError(f"args.memory = {cfg.memory} is smaller than args.num_class = "
                           f"{cfg.num_class}, so the last session could keep no exemplar of some "
                           "classes; give at least one exemplar a class.")
+
+
+def _check_speed_options(cfg):
+    """The GPU-only options fail here, on a machine or ``device`` without a GPU, rather than
+    silently doing nothing."""
+    if cfg.gpu_data and cfg.dataset not in IN_MEMORY:
+        raise ConfigError(f"args.gpu_data = True applies only to the data sets held in memory "
+                          f"({', '.join(IN_MEMORY)}); {cfg.dataset} is read from image files, so "
+                          "set gpu_data = False.")
+    asked = [name for name in GPU_ONLY if getattr(cfg, name)]
+    if not asked:
+        return
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        where = "args.device = 'cpu'" if cfg.device == "cpu" else "no GPU is visible"
+        raise ConfigError(f"args.{asked[0]} = True needs a GPU but {where}; set {asked[0]} = "
+                          "False or run on a GPU.")

@@ -1,0 +1,1 @@
+"""Speed benchmarks and the straightforward reference implementations they compare against."""
