@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from data_sources import DATA_SOURCES, augment_batch, normalise_batch
+from utils.distributed import ShardSampler, local_batch, shard
 from utils.errors import ConfigError
 
 
@@ -112,19 +113,30 @@ class IncrementalData:
         seen = (session + 1) * self.cfg.class_per_task
         return np.flatnonzero((self.test_labels >= 0) & (self.test_labels < seen))
 
-    def train_loader(self, session, memory, seed):
-        """D(t) ∪ M(t−1), shuffled together (paper Alg. 1, line 3)."""
+    def train_loader(self, session, memory, seed, ctx=None):
+        """D(t) ∪ M(t−1), shuffled together (paper Alg. 1, line 3). Under torchrun (``ctx``) each
+        rank gets its shard of every global mini-batch of ``args.train_batch`` samples."""
         indices = np.concatenate([self.task_indices(session), memory.indices()])
-        return self.loader(self.train_set, indices, self.cfg.train_batch, shuffle=True, seed=seed)
+        return self.loader(self.train_set, indices, self.cfg.train_batch, shuffle=True, seed=seed,
+                           ctx=ctx)
 
-    def loader(self, dataset, indices, batch_size, shuffle=False, seed=0):
+    def loader(self, dataset, indices, batch_size, shuffle=False, seed=0, ctx=None):
+        ranks = (ctx.rank, ctx.world_size) if ctx is not None and ctx.enabled else None
         if id(dataset) in self.on_device:
-            return TensorBatches(*self.on_device[id(dataset)], indices, batch_size, shuffle, seed)
+            return TensorBatches(*self.on_device[id(dataset)], indices, batch_size, shuffle, seed,
+                                 ranks)
         generator = torch.Generator().manual_seed(int(seed))
-        return DataLoader(Subset(dataset, np.asarray(indices, dtype=np.int64).tolist()),
-                          batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.cfg.num_workers,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+        subset = Subset(dataset, np.asarray(indices, dtype=np.int64).tolist())
+        options = dict(num_workers=self.cfg.num_workers, persistent_workers=False,
+                       pin_memory=torch.cuda.is_available())
+        if ranks is None:
+            return DataLoader(subset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                              **options)
+        # Every rank draws the single-process order of each epoch from the same seeded generator
+        # and takes its shard of it; the shards of one step make the global mini-batch.
+        order = RandomSampler(subset, generator=generator) if shuffle else SequentialSampler(subset)
+        return DataLoader(subset, batch_size=local_batch(batch_size, ranks[1]),
+                          sampler=ShardSampler(order, *ranks), generator=generator, **options)
 
 
 class TensorBatches:
@@ -132,19 +144,26 @@ class TensorBatches:
     batched augmentation on the tensor's device, so no worker processes and no per-sample Python.
     Labels (class positions) stay on the host, where the learner plans its split by task."""
 
-    def __init__(self, images, labels, augment, stats, indices, batch_size, shuffle, seed):
+    def __init__(self, images, labels, augment, stats, indices, batch_size, shuffle, seed,
+                 ranks=None):
         self.images, self.labels, self.augment, self.stats = images, labels, augment, stats
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.ranks = ranks  # (rank, world_size) under torchrun: this rank's shard of each epoch
+        if ranks is not None:
+            batch_size = local_batch(batch_size, ranks[1])
         self.batch_size, self.shuffle = batch_size, shuffle
         self.generator = torch.Generator().manual_seed(int(seed))  # order and augmentation draws
 
     def __len__(self):
-        return math.ceil(len(self.indices) / self.batch_size)
+        n = len(self.indices) if self.ranks is None else local_batch(len(self.indices), self.ranks[1])
+        return math.ceil(n / self.batch_size)
 
     def __iter__(self):
         order = self.indices
         if self.shuffle:  # a new order every epoch, as a DataLoader's
             order = order[torch.randperm(len(order), generator=self.generator)]
+        if self.ranks is not None:
+            order = torch.as_tensor(shard(order.numpy(), *self.ranks))
         for chunk in order.split(self.batch_size):
             x = self.images[chunk.to(self.images.device)]
             if self.stats is not None:  # uint8 images: to [0, 1], augment, normalise

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils import distributed
+
 PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
 
 
@@ -111,8 +113,9 @@ class MetaLearner:
     before each task, and the meta-update is one multi-tensor lerp over the parameter list.
     """
 
-    def __init__(self, model, cfg, session, device="cpu"):
+    def __init__(self, model, cfg, session, device="cpu", ctx=distributed.DistContext()):
         self.model, self.cfg, self.session, self.device = model, cfg, session, device
+        self.ctx = ctx  # torchrun: this rank's place; disabled in a plain run
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
         prepare_model(model, cfg)
         # The compiled forward shares the model's parameters, so the in-place restores reach it.
@@ -156,13 +159,17 @@ class MetaLearner:
         0-d tensor. ``y`` may stay on the host: the task split is planned there."""
         x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
         tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
+        # Under torchrun: which ranks hold which task of the global batch (one tiny all-reduce).
+        shares = distributed.task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task,
+                                         self.ctx, "samples") if self.ctx.enabled else None
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
         with torch.no_grad():
             base = [p.detach().clone() for p in self.params]
             base_buffers = [b.clone() for b in self.buffers]
         if self.cfg.variant == "paper":
-            losses, fast, fast_buffers = self._paper_fast_weights(batches, base, base_buffers)
+            losses, fast, fast_buffers = self._paper_fast_weights(batches, base, base_buffers,
+                                                                  shares)
         else:
             losses, fast, fast_buffers = self._official_fast_weights(batches)
         with torch.no_grad():
@@ -173,12 +180,23 @@ class MetaLearner:
             if fast_buffers is not None and self.buffers:
                 torch._foreach_lerp_(base_buffers, fast_buffers, self.eta)
                 torch._foreach_copy_(self.buffers, base_buffers)
+        # BatchNorm's step counters count each rank's own inner steps: take rank 0's.
+        distributed.broadcast_tensors_(distributed.counters(self.model), self.ctx)
         return torch.stack(losses).double().mean()
 
-    def _paper_fast_weights(self, batches, base, base_buffers):
-        """Every task starts from Φ_base; returns the fast weights to interpolate towards."""
+    def _paper_fast_weights(self, batches, base, base_buffers, shares=None):
+        """Every task starts from Φ_base; returns the fast weights to interpolate towards.
+
+        Under torchrun (``shares``) each rank trains the tasks of its shard; task k's fast weights
+        are averaged over the ranks that saw it, weighted by their share of its samples, θ_fast is
+        the mean of those averages over the K tasks of the global batch, and one all-reduce sums
+        the ranks' parts (utils/distributed.py has the derivation). One process: the weights are
+        exactly 1/K for θ and 1 for φ_k, and no collective call is made."""
         cpt, n = self.cfg.class_per_task, len(batches)
-        fast = [b.clone() if head else torch.zeros_like(b) for b, head in zip(base, self.is_head)]
+        # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
+        # to zeros and those rows get their base value back after the sum.
+        fast = [b.clone() if head and shares is None else torch.zeros_like(b)
+                for b, head in zip(base, self.is_head)]
         theta, phi = self._theta_phi(self.params)
         fast_theta, fast_phi = self._theta_phi(fast)
         fast_buffers = [torch.zeros_like(b) for b in base_buffers]
@@ -189,12 +207,18 @@ class MetaLearner:
                 if self.buffers:
                     torch._foreach_copy_(self.buffers, base_buffers)
             losses.append(self.inner_loop(x, y, k))
+            w_theta, w_phi = (1.0 / n, None) if shares is None else \
+                (shares.theta_weight(k, len(y)), shares.head_weight(k, len(y)))
             with torch.no_grad():
-                torch._foreach_add_(fast_theta, theta, alpha=1.0 / n)   # mean_k θ_k
-                for f, p in zip(fast_phi, phi):
-                    f[task_slice(k, cpt)] = p[task_slice(k, cpt)]      # φ_k, task k's rows only
+                torch._foreach_add_(fast_theta, theta, alpha=w_theta)   # mean_k θ_k
+                for f, p in zip(fast_phi, phi):                         # φ_k, task k's rows only
+                    rows = p[task_slice(k, cpt)]
+                    f[task_slice(k, cpt)] = rows if w_phi is None else rows * w_phi
                 if self.buffers:
-                    torch._foreach_add_(fast_buffers, self.buffers, alpha=1.0 / n)
+                    torch._foreach_add_(fast_buffers, self.buffers, alpha=w_theta)
+        if shares is not None:
+            distributed.all_reduce_sum_(fast + fast_buffers, self.ctx)
+            distributed.keep_absent_rows_(fast_phi, self._theta_phi(base)[1], shares, cpt)
         return losses, fast, fast_buffers
 
     def _theta_phi(self, tensors):
@@ -207,12 +231,15 @@ class MetaLearner:
         with one shared optimizer (its per-task reset was a no-op, deviation 1), and the "mean" is
         the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
         losses = [self.inner_loop(x, y, k) for k, x, y in batches]
+        # Under torchrun: the ranks' live weights, averaged (a plain run: unchanged).
+        distributed.all_reduce_mean_(self.params + self.buffers, self.ctx)
         return losses, [p.detach() for p in self.params], None  # the live weights: Φ_last
 
     def train_session(self, loader, desc="train"):
         """All epochs of one session; the last epoch's model is kept (no test-set model selection)."""
         self.model.train()
-        bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch", disable=None, leave=False)
+        bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch",
+                   disable=None if self.ctx.is_main else True, leave=False)
         loss = float("nan")
         for epoch in bar:
             self.set_lr(lr_at(self.cfg, epoch))
@@ -292,7 +319,17 @@ def accuracy(pred, labels):
     return 100.0 * (pred == labels).double().mean().item() if len(labels) else float("nan")
 
 
-def evaluate(model, data, memory, session, cfg, device, seed=0):
+def predict_test(model, data, indices, cfg, device, ctx=distributed.DistContext()):
+    """Logits and labels of test samples ``indices``, in that order. Under torchrun each rank
+    predicts a contiguous block and the blocks are gathered, so every rank holds all of them."""
+    n = len(indices)
+    local = distributed.eval_shard(indices, ctx.rank, ctx.world_size) if ctx.enabled else indices
+    logits, labels = predict_logits(model, data.loader(data.test_set, local, cfg.test_batch),
+                                    device, cfg)
+    return distributed.gather_cat(logits, ctx)[:n], distributed.gather_cat(labels, ctx)[:n]
+
+
+def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.DistContext()):
     """All four protocols over every seen class after ``session``; one adaptation per task.
 
     A sample routed to a task other than its own is wrong whatever class that task's adapted model
@@ -303,8 +340,7 @@ def evaluate(model, data, memory, session, cfg, device, seed=0):
     cpt, num_tasks = cfg.class_per_task, session + 1
     prepare_model(model, cfg)
     indices = data.seen_test_indices(session)
-    logits, labels = predict_logits(
-        model, data.loader(data.test_set, indices, cfg.test_batch), device, cfg)
+    logits, labels = predict_test(model, data, indices, cfg, device, ctx)
     true_task = labels // cpt
     scores = task_scores(logits, num_tasks, cpt)
     generator = torch.Generator().manual_seed(seed)
@@ -314,17 +350,18 @@ def evaluate(model, data, memory, session, cfg, device, seed=0):
         "task_aware": true_task,
     }
     within = torch.full_like(labels, -1)  # the class the true task's adapted model picks
-    for k in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=None, leave=False):
+    bar = tqdm(range(num_tasks), desc="evaluate", unit="task",
+               disable=None if ctx.is_main else True, leave=False)
+    for k in bar:
         positions = torch.nonzero(true_task == k).squeeze(1)
         if len(positions) == 0:
             continue
         if session == 0:  # no adaptation: one task, nothing to tell apart; the base logits serve
             logits_k = logits[positions]
         else:
+            # every rank adapts its own copy the same way (same exemplars, same seed)
             adapted = adapt(model, data, memory, k, cfg, device, seed + k)
-            logits_k, _ = predict_logits(
-                adapted, data.loader(data.test_set, indices[positions.numpy()], cfg.test_batch),
-                device, cfg)
+            logits_k, _ = predict_test(adapted, data, indices[positions.numpy()], cfg, device, ctx)
         within[positions] = logits_k[:, task_slice(k, cpt)].argmax(1) + k * cpt
     preds = {name: torch.where(route == true_task, within, -1) for name, route in routes.items()}
     preds["base"] = logits[:, :num_tasks * cpt].argmax(1)

@@ -28,8 +28,10 @@ The meta-update (Alg. 1, the "paper" variant) on a global mini-batch B split int
   the all-reduce is skipped: accumulated with these weights (see tests/dist_workers.py, paper_step),
   the same numbers, bit for bit, as the single-process ``MetaLearner._paper_fast_weights``.
 - "samples" makes one plain-SGD inner step (r = 1, no momentum yet) on the shards equal to that step
-  on the whole global batch, because the loss is a mean over samples; "ranks" follows the issue's
-  wording ("counting only ranks that saw the task"). Both agree when shards are balanced.
+  on the whole global batch, because the loss is a mean over samples; "ranks" weighs every rank
+  that saw the task alike. Both agree when shards are balanced. The learner uses "samples": a rank
+  holding one sample of a task should not move that task as much as a rank holding thirty (see the
+  README's torchrun section for what each gave on the digits demo).
 
 The "official" variant (tasks one after another from the live weights, then interpolation towards
 them) becomes: each rank runs its shard's tasks, then the live weights and BatchNorm statistics are

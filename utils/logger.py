@@ -25,3 +25,16 @@ def get_logger(checkpoint):
     to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(to_file)
     return logger
+
+
+def quiet_logger():
+    """The logger of a torchrun rank other than 0: errors only, on the console, no log file (rank 0
+    writes log.txt and the tables)."""
+    logger = logging.getLogger("itaml.rank")
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    if not logger.handlers:
+        console = _TqdmHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)
+    return logger

@@ -15,9 +15,10 @@ from incremental_dataloader import IncrementalData, ReplayMemory
 from learner_task_itaml import MetaLearner, evaluate
 from resnet import build_network
 from utils.checkpoint import RunStore, write_json, write_text
+from utils import distributed
 from utils.config import check_args
 from utils.errors import ConfigError
-from utils.logger import get_logger
+from utils.logger import get_logger, quiet_logger
 from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
 from utils.records import format_table, summary_csv
 from utils.report import write_report
@@ -62,16 +63,29 @@ def run(args, start=0, script="train.py"):
     if not 0 <= start < cfg.num_task:
         raise ConfigError(f"the start task {start} is outside 0..{cfg.num_task - 1} "
                           f"(args.num_task = {cfg.num_task}).")
-    device = resolve_device(cfg.device)
+    ctx = distributed.setup(resolve_device(cfg.device))  # under torchrun: this rank's device
+    try:
+        return _run(cfg, start, script, ctx)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _run(cfg, start, script, ctx):
+    device = ctx.device
     store = RunStore(cfg, script)
     store.check_start(start)
     # Everything is read and checked before anything is written: a bad resume costs no training.
+    # Under torchrun every rank reads the same files (so every rank stops on the same error).
     history = [store.read_record(s) for s in range(start)]  # for summary.csv and the report
     changes, saved, manifest = _read_resume(cfg, store, start, history) if start else ({}, None, None)
     model, memory, data = _prepare(cfg, store, start, device, saved, history)
+    distributed.broadcast_module_(model, ctx)  # identical start on every rank
+    if not ctx.is_main:  # only rank 0 writes files and prints tables
+        log = quiet_logger()
+        return _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
     with store.lock():
-        log = _begin(cfg, store, start, device, data, manifest, changes, history)
-        return _sessions(cfg, store, data, model, memory, start, device, log, history)
+        log = _begin(cfg, store, start, device, data, manifest, changes, history, ctx)
+        return _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
 
 
 def _read_resume(cfg, store, start, history):
@@ -83,11 +97,11 @@ def _read_resume(cfg, store, start, history):
     return changes, _load_class_order(cfg, store), read_manifest(store, start)
 
 
-def _begin(cfg, store, start, device, data, manifest, changes, history):
+def _begin(cfg, store, start, device, data, manifest, changes, history, ctx):
     """Clear what a killed run left half-written, write the run's own files, say what happens next."""
     removed = store.remove_temporaries()
     log = get_logger(cfg.checkpoint)
-    log.info(_start_line(cfg, store, start, device))
+    log.info(_start_line(cfg, store, start, device, ctx))
     if start == 0:
         write_json(store.class_order_file, {"class_order": data.class_order,
                                             "class_names": data.class_names})
@@ -113,18 +127,20 @@ def _record_resume(store, start, device, manifest, changes, history, log):
                     "differ slightly from an uninterrupted run's.")
 
 
-def _start_line(cfg, store, start, device):
+def _start_line(cfg, store, start, device, ctx):
     where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
              f"{store.memory_file(start - 1)})" if start else "starting afresh")
+    ranks = f" × {ctx.world_size} ranks (torchrun)" if ctx.enabled else ""
     return (f"{store.script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
-            f"{cfg.num_task - 1} on {device}, {where}; results to {cfg.checkpoint}, weights to "
-            f"{cfg.savepoint}")
+            f"{cfg.num_task - 1} on {device}{ranks}, {where}; results to {cfg.checkpoint}, weights "
+            f"to {cfg.savepoint}")
 
 
-def _sessions(cfg, store, data, model, memory, start, device, log, history):
+def _sessions(cfg, store, data, model, memory, start, device, log, history, ctx):
     try:
         for t in range(start, cfg.num_task):
-            history.append(run_session(cfg, store, data, model, memory, t, device, log, history))
+            history.append(run_session(cfg, store, data, model, memory, t, device, log, history,
+                                       ctx))
     except KeyboardInterrupt:
         # Ask the disk, not the loop: Ctrl-C may land after a session's record is in place.
         nxt = len(store.finished())
@@ -193,34 +209,54 @@ def _load_memory(cfg, store, data, t, record):
     return memory
 
 
-def run_session(cfg, store, data, model, memory, t, device, log, earlier):
+def run_session(cfg, store, data, model, memory, t, device, log, earlier,
+                ctx=distributed.DistContext()):
     """Train on task t plus the memory, update the memory, evaluate, save; returns the record.
-    ``earlier`` holds the records of sessions 0..t−1, for summary.csv."""
+    ``earlier`` holds the records of sessions 0..t−1, for summary.csv. Under torchrun every rank
+    trains on its shard and evaluates its share of the test set; rank 0 alone writes."""
     began = time.time()
     seed = session_seed(cfg, t)
     torch.manual_seed(seed)
-    learner = MetaLearner(model, cfg, t, device)
-    loss = learner.train_session(data.train_loader(t, memory, seed),
+    learner = MetaLearner(model, cfg, t, device, ctx)
+    loss = learner.train_session(data.train_loader(t, memory, seed, ctx),
                                  desc=f"session {t}/{cfg.num_task - 1}")
     trained = time.time()
-    memory.update(data, data.task_classes(t), t, model, device)
-    results = evaluate(model, data, memory, t, cfg, device, seed)
+    _update_memory(memory, data, t, model, device, ctx)
+    results = evaluate(model, data, memory, t, cfg, device, seed, ctx)
     done = time.time()
-    checksums = {os.path.basename(store.model_file(t)): store.save_model(t, model),
-                 os.path.basename(store.memory_file(t)): store.save_memory(t, memory.state_dict())}
     record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
               "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
               "final_train_loss": loss, "memory_exemplars": len(memory),
               "train_seconds": trained - began, "eval_seconds": done - trained,
-              "seconds": done - began, "device": str(device), "args": vars(cfg),
-              "checksums": checksums}
+              "seconds": done - began, "device": str(device), "args": vars(cfg)}
+    if ctx.enabled:
+        record["world_size"] = ctx.world_size
+    if ctx.is_main:
+        _save_session(cfg, store, model, memory, t, log, earlier, record)
+    distributed.barrier(ctx)  # no rank starts the next session before session t is on disk
+    return record
+
+
+def _update_memory(memory, data, t, model, device, ctx):
+    """M(t): chosen once, on rank 0, and broadcast, so every rank replays the same exemplars."""
+    if ctx.is_main:
+        memory.update(data, data.task_classes(t), t, model, device)
+    if ctx.enabled:
+        state = distributed.broadcast_object(memory.state_dict() if ctx.is_main else None, ctx)
+        memory.exemplars = ReplayMemory.from_state(state).exemplars
+
+
+def _save_session(cfg, store, model, memory, t, log, earlier, record):
+    """Model, memory, summary, report, and the record last: then session t is finished."""
+    record["checksums"] = {
+        os.path.basename(store.model_file(t)): store.save_model(t, model),
+        os.path.basename(store.memory_file(t)): store.save_memory(t, memory.state_dict())}
     write_text(store.summary_file, summary_csv(earlier + [record]))
     headline = _report(cfg, earlier + [record], log)
     write_json(store.session_json(t), record)  # written last: the session is now finished
     log.info(format_table(record))
     if headline:
         log.info(headline)
-    return record
 
 
 def _report(cfg, records, log):
