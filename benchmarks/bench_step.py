@@ -1,0 +1,293 @@
+"""How close iTAML's meta-training step and inference come to plain training, on CIFAR-shaped data.
+
+    python3 benchmarks/bench_step.py [--device cuda] [--reps 3] [--json bench.json]
+
+In one process, on synthetic 3×32×32 images, 100 classes, 10 a task, and the CIFAR network
+(``resnet.ReducedResNet18``) with ``train_cifar.py``'s args, it times:
+
+- ``plain``: one ordinary supervised step, BCE over all 100 seen classes, on a batch of 128;
+- ``itaml``: ``MetaLearner.meta_step`` on a batch of 128 holding 1, 5 or 10 tasks, r = 1 and 2;
+- ``naive``: the same update written the straightforward way (``benchmarks/naive.py``);
+- ``eval``: ``evaluate`` (all four protocols) over 10,000 test images at session 9, the adaptation
+  on the 2,000 exemplars included, against one plain forward pass over the same images.
+
+A batch with n tasks is drawn from the training pool of session n − 1 of CIFAR-100 10×10: the new
+task's 5,000 images and 2,000 exemplars spread over the earlier tasks, so most of it is the new task
+and the earlier tasks hold a few samples each, as in a real run. Repetitions are interleaved, each
+iTAML and naive step timed right after a plain step, and every ratio is the median over the
+repetitions of the ratio within one repetition, which cancels most of a shared machine's drift.
+The full-run estimate scales the measured times to the 70 epochs of every session.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import train_cifar  # noqa: E402
+from benchmarks.naive import NaiveMetaLearner  # noqa: E402
+from data_sources import Source, TensorData, Tensors  # noqa: E402
+from incremental_dataloader import IncrementalData, ReplayMemory  # noqa: E402
+from learner_task_itaml import (MetaLearner, autocast, evaluate, make_optimizer,  # noqa: E402
+                                predict_logits, prepare_model, to_input)
+from resnet import ReducedResNet18  # noqa: E402
+from utils.config import check_args  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
+
+TASK_COUNTS = (1, 5, 10)
+R_VALUES = (1, 2)
+NEW_TASK_IMAGES = 5000  # CIFAR-100: 500 training images a class, 10 classes a task
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of every training step")
+    p.add_argument("--eval-reps", type=int, default=None,
+                   help="repetitions of the evaluation (default: 1 on the CPU, 3 on a GPU)")
+    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--amp", action="store_true", help="args.amp: bf16 autocast (GPU only)")
+    p.add_argument("--compile", action="store_true", help="args.compile (GPU only)")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="args.channels_last = False (train_cifar.py ships True)")
+    # Smaller sizes for the test of this script; the defaults are the issue's.
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--test-images", type=int, default=10000)
+    p.add_argument("--memory", type=int, default=2000)
+    return p.parse_args(argv)
+
+
+def make_cfg(opts):
+    over = dict(device=opts.device, amp=opts.amp, compile=opts.compile, num_workers=0,
+                channels_last=not opts.no_channels_last, memory=opts.memory,
+                gpu_data=opts.device.startswith("cuda"), train_batch=opts.batch)
+    return check_args(type("args", (train_cifar.args,), over))
+
+
+def synced(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    synced(device)
+    began = time.perf_counter()
+    fn()
+    synced(device)
+    return time.perf_counter() - began
+
+
+# ---------------------------------------------------------------- training steps
+
+def session_batch(cfg, tasks, size, generator):
+    """Labels of a mini-batch of session ``tasks`` − 1: one sample of every task, the rest drawn
+    from the new task's images and the memory's exemplars (equal shares of the earlier classes)."""
+    cpt, t = cfg.class_per_task, tasks - 1
+    pool = np.repeat(np.arange(t * cpt, (t + 1) * cpt), NEW_TASK_IMAGES // cpt)
+    if t > 0:
+        pool = np.concatenate([pool, np.repeat(np.arange(t * cpt), cfg.memory // (t * cpt))])
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+    one_each = np.arange(tasks) * cpt + rng.integers(cpt, size=tasks)
+    y = np.concatenate([one_each, rng.choice(pool, size - tasks, replace=False)])
+    return torch.from_numpy(rng.permutation(y))
+
+
+class Plain:
+    """One ordinary supervised step: BCE with logits over all seen classes, the same optimizer,
+    memory layout and autocast as the learner's."""
+
+    def __init__(self, model, cfg, device, seen):
+        self.model = prepare_model(model, cfg).train()
+        self.cfg, self.device, self.seen = cfg, device, seen
+        self.opt = make_optimizer(cfg, model.parameters(), cfg.lr)
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        with autocast(self.cfg, self.device):
+            logits = self.model(x)[:, :self.seen]
+            loss = F.binary_cross_entropy_with_logits(logits, F.one_hot(y, self.seen).float())
+        loss.backward()
+        self.opt.step()
+
+
+def step_cases(cfg, device, opts, model):
+    """Every (tasks, r) case: its batch, our learner and the naive one, each on its own copy."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(opts.batch, 3, opts.image_size, opts.image_size, generator=generator)
+    cases = {}
+    for tasks in TASK_COUNTS:
+        y = session_batch(cfg, tasks, opts.batch, generator)
+        for r in R_VALUES:
+            case_cfg = copy.copy(cfg)
+            case_cfg.r = r
+            ours = MetaLearner(copy.deepcopy(model).train(), case_cfg, tasks - 1, device)
+            plain_cfg = copy.copy(case_cfg)
+            plain_cfg.channels_last = plain_cfg.amp = plain_cfg.compile = False
+            naive = NaiveMetaLearner(copy.deepcopy(model).train(), plain_cfg, tasks - 1)
+            xd, yd = x.to(device), y.to(device)
+            cases[f"tasks{tasks}_r{r}"] = (  # ours plans its task split from host labels
+                lambda ours=ours, xd=xd, y=y: ours.meta_step(xd, y).item(),
+                lambda naive=naive, xd=xd, yd=yd: naive.meta_step(xd, yd))
+    plain = Plain(copy.deepcopy(model), cfg, device, cfg.num_class)
+    xp = to_input(x, cfg, device)
+    yp = torch.randint(cfg.num_class, (opts.batch,), generator=generator).to(device)
+    return cases, lambda: plain.step(xp, yp)
+
+
+def bench_steps(cfg, device, opts, model):
+    cases, plain = step_cases(cfg, device, opts, model)
+    plain()
+    for ours, naive in cases.values():  # warm-up: optimizer states, kernels, compilation
+        ours()
+        naive()
+    times = {"plain": [], **{f"itaml_{c}": [] for c in cases}, **{f"naive_{c}": [] for c in cases}}
+    ratio = {c: [] for c in cases}
+    speedup = {c: [] for c in cases}
+    r_of = {c: int(c.rsplit("_r", 1)[1]) for c in cases}
+    for _ in range(opts.reps):
+        for case, (ours, naive) in cases.items():
+            tp, ti, tn = timed(plain, device), timed(ours, device), timed(naive, device)
+            times["plain"].append(tp)
+            times[f"itaml_{case}"].append(ti)
+            times[f"naive_{case}"].append(tn)
+            ratio[case].append(ti / (r_of[case] * tp))
+            speedup[case].append(tn / ti)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return med, {c: statistics.median(v) for c, v in ratio.items()}, \
+        {c: statistics.median(v) for c, v in speedup.items()}
+
+
+# ---------------------------------------------------------------- inference
+
+def eval_setup(cfg, opts, model):
+    """Session 9 of a synthetic CIFAR-100: 10,000 test images, a memory of 2,000 exemplars."""
+    g = torch.Generator().manual_seed(1)
+    side, classes = opts.image_size, cfg.num_class
+    per_class = max(1, opts.test_images // classes)
+    test_labels = np.repeat(np.arange(classes), per_class)
+    train_labels = np.repeat(np.arange(classes), max(1, cfg.memory // classes))
+    test = TensorData(torch.randn(len(test_labels), 3, side, side, generator=g), test_labels)
+    train = TensorData(torch.randn(len(train_labels), 3, side, side, generator=g), train_labels)
+    source = Source(train, train, test, train.labels, test.labels, classes, (3, side, side),
+                    [str(c) for c in range(classes)], Tensors(train.x, test.x))
+    data = IncrementalData(cfg, source=source)
+    memory = ReplayMemory(cfg.memory, "random", cfg.seed)
+    session = cfg.num_task - 1
+    memory.update(data, list(range(classes)), session)
+    prepare_model(model, cfg)
+    return data, memory, session
+
+
+def bench_eval(cfg, device, opts, model):
+    data, memory, session = eval_setup(cfg, opts, model)
+    indices = data.seen_test_indices(session)
+
+    def forward():
+        predict_logits(model, data.loader(data.test_set, indices, cfg.test_batch), device, cfg)
+
+    def inference():
+        evaluate(model, data, memory, session, cfg, device, seed=session)
+    reps = opts.eval_reps or (3 if torch.device(device).type == "cuda" else 1)
+    forwards, evals, ratios = [], [], []
+    for _ in range(reps):
+        # The forward pass on both sides of each evaluation; the faster of the two is the one a
+        # neighbour's burst of work on a shared machine spared (which only makes the ratio larger).
+        before, ev, after = timed(forward, device), timed(inference, device), timed(forward, device)
+        forwards.append(min(before, after))
+        evals.append(ev)
+        ratios.append(ev / min(before, after))
+    return (statistics.median(forwards), statistics.median(evals), statistics.median(ratios),
+            len(indices))
+
+
+# ---------------------------------------------------------------- report
+
+def full_run_hours(cfg, med, forward_s, eval_s, test_images):
+    """The CIFAR-100 10×10 run of train_cifar.py (70 epochs a session) from the measured times:
+    session t's step takes the r = 1 time interpolated at t + 1 tasks; its evaluation takes the
+    forward passes in proportion to its test images plus the adaptation on the exemplars."""
+    counts = list(TASK_COUNTS)
+    steps = [med[f"itaml_tasks{n}_r1"] for n in counts]
+    per_image = forward_s / test_images
+    adaptation = max(0.0, eval_s - 2 * forward_s)
+    total = 0.0
+    for t in range(cfg.num_task):
+        pool = NEW_TASK_IMAGES + (cfg.memory if t else 0)
+        step = float(np.interp(t + 1, counts, steps))
+        images = (t + 1) * test_images / cfg.num_task
+        evaluation = per_image * images if t == 0 else 2 * per_image * images + adaptation
+        total += cfg.epochs * math.ceil(pool / cfg.train_batch) * step + evaluation
+    return total / 3600
+
+
+def table(med, ratio, speedup, forward_s, eval_s, eval_ratio):
+    rows = [f"{'case':<14}{'plain s':>10}{'itaml s':>10}{'naive s':>10}"
+            f"{'itaml/(r·plain)':>17}{'naive/itaml':>13}"]
+    for case in ratio:
+        rows.append(f"{case:<14}{med['plain']:>10.3f}{med['itaml_' + case]:>10.3f}"
+                    f"{med['naive_' + case]:>10.3f}{ratio[case]:>17.3f}{speedup[case]:>13.3f}")
+    rows.append(f"eval at session 9: {eval_s:.2f} s, one forward pass {forward_s:.2f} s, "
+                f"ratio {eval_ratio:.3f}")
+    return "\n".join(rows)
+
+
+def device_name(device):
+    if torch.device(device).type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def main(argv=None):
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        cfg = make_cfg(opts)
+    except ConfigError as e:  # e.g. --device cuda without a GPU: one sentence, as the scripts do
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    device = torch.device(opts.device)
+    torch.manual_seed(0)
+    model = ReducedResNet18((3, opts.image_size, opts.image_size), cfg.num_class).to(device)
+    med, ratio, speedup = bench_steps(cfg, device, opts, model)
+    forward_s, eval_s, eval_ratio, test_images = bench_eval(cfg, device, opts, model)
+    print(table(med, ratio, speedup, forward_s, eval_s, eval_ratio))
+    result = {
+        "ratio_itaml_vs_plain": ratio, "speedup_vs_naive": speedup,
+        "ratio_eval_vs_forward": eval_ratio,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": device_name(device),
+        "seconds": med, "eval_seconds": eval_s, "forward_seconds": forward_s,
+        "test_images": test_images,
+        "estimated_full_cifar100_run_hours": full_run_hours(cfg, med, forward_s, eval_s,
+                                                            test_images),
+        "settings": {"batch": opts.batch, "reps": opts.reps, "channels_last": cfg.channels_last,
+                     "amp": cfg.amp, "compile": cfg.compile, "gpu_data": cfg.gpu_data,
+                     "optimizer": cfg.optimizer, "torch": torch.__version__},
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(f"estimated full CIFAR-100 run (10 sessions × {cfg.epochs} epochs): "
+          f"{result['estimated_full_cifar100_run_hours']:.1f} h")
+    if opts.json:
+        with open(opts.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
