@@ -248,7 +248,8 @@ def table(med, ratio, speedup, forward_s, eval_s, eval_ratio):
 def device_name(device):
     if torch.device(device).type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def main(argv=None):
