@@ -4,6 +4,7 @@ Session t trains on D(t) ∪ M(t−1), updates the replay memory to M(t), evalua
 classes seen so far, and saves model, memory and record. Each session reseeds from (args.seed, t), so
 resuming at t gives the same numbers as an uninterrupted run on the same device.
 """
+import contextlib
 import os
 import sys
 import time
@@ -80,11 +81,10 @@ def _run(cfg, start, script, ctx):
     changes, saved, manifest = _read_resume(cfg, store, start, history) if start else ({}, None, None)
     model, memory, data = _prepare(cfg, store, start, device, saved, history)
     distributed.broadcast_module_(model, ctx)  # identical start on every rank
-    if not ctx.is_main:  # only rank 0 writes files and prints tables
-        log = quiet_logger()
-        return _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
-    with store.lock():
-        log = _begin(cfg, store, start, device, data, manifest, changes, history, ctx)
+    # Only rank 0 locks the folders, writes files and prints tables.
+    with store.lock() if ctx.is_main else contextlib.nullcontext():
+        log = (_begin(cfg, store, start, device, data, manifest, changes, history, ctx)
+               if ctx.is_main else quiet_logger())
         return _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
 
 
