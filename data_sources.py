@@ -97,16 +97,22 @@ class ImageFiles(Dataset):
 
 # ------------------------------------------------------------------ transforms
 
+# The augmentation of the in-memory data sets, shared by the torchvision transforms and by
+# augment_batch (args.gpu_data), so the two draw from the same distribution.
+PADDING = {"cifar": 4, "digits": 2}  # the random crops' padding
+MAX_DEGREES = 10  # the digits' random rotation
+
+
 def _transforms(kind, size, stats):
     """(train, test) transforms. Digits are never flipped: a mirrored 2 or 5 is no longer that digit
     (the release flipped SVHN; see the README)."""
     from torchvision import transforms as T
     normalise = [T.ToTensor(), T.Normalize(*stats)]
     if kind == "cifar":
-        train = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        train = [T.RandomCrop(size, padding=PADDING[kind]), T.RandomHorizontalFlip()]
         test = []
     elif kind == "digits":
-        train = [T.RandomCrop(size, padding=2), T.RandomRotation(10)]
+        train = [T.RandomCrop(size, padding=PADDING[kind]), T.RandomRotation(MAX_DEGREES)]
         test = []
     elif kind == "objects":  # ImageNet and CUB: the usual scale-augmented crops, centre crop to test
         train = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
@@ -118,8 +124,6 @@ def _transforms(kind, size, stats):
     return T.Compose(train + normalise), T.Compose(test + normalise)
 
 
-PADDING = {"cifar": 4, "digits": 2}  # the random crops' padding in _transforms
-MAX_DEGREES = 10  # RandomRotation of the digits
 
 
 def augment_batch(x, kind, generator):
