@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils import distributed
+from utils.flat import FlatBuffer
 
 PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
 
@@ -109,22 +110,32 @@ def split_by_task(x, y, class_per_task):
 class MetaLearner:
     """Trains the model through one session (one new task plus the replay memory).
 
-    No copy of the model is made: Φ_base is a snapshot of the parameter tensors, restored in place
-    before each task, and the meta-update is one multi-tensor lerp over the parameter list.
+    No copy of the model is made: Φ = {θ, φ} lives in one flat buffer (``utils/flat.py``), θ first,
+    so Φ_base is one snapshot tensor restored in place before each task, the mean of the fast weights
+    one accumulator, and the meta-update one lerp.
     """
 
     def __init__(self, model, cfg, session, device="cpu", ctx=distributed.DistContext()):
         self.model, self.cfg, self.session, self.device = model, cfg, session, device
         self.ctx = ctx  # torchrun: this rank's place; disabled in a plain run
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
-        prepare_model(model, cfg)
+        prepare_model(model, cfg)  # the buffer keeps each weight's strides, so lay them out first
+        head = {id(p) for p in model.head.parameters()}
+        theta = [p for p in model.parameters() if id(p) not in head]
+        phi = [p for p in model.parameters() if id(p) in head]
+        self.weights = FlatBuffer(theta + phi, "parameter")
+        self.theta_size, self.num_theta = sum(p.numel() for p in theta), len(theta)
+        # Backward adds each weight's gradient into its view of one gradient buffer, which the
+        # optimizers read. Every weight of our networks takes part in every forward pass, so none is
+        # left without a gradient (torch's optimizers would skip such a weight; here it sees zeros).
+        self.grads = torch.zeros_like(self.weights.data)
+        self.weights.data.grad = self.grads
+        self.grad_views = self.weights.views(self.grads)
+        # BatchNorm running statistics follow the interpolation; integer counters do not.
+        running = [b for b in model.buffers() if b.is_floating_point()]
+        self.running = FlatBuffer(running, "buffer") if running else None
         # The compiled forward shares the model's parameters, so the in-place restores reach it.
         self.forward = torch.compile(model) if cfg.compile else model
-        self.params = list(model.parameters())
-        head = {id(p) for p in model.head.parameters()}
-        self.is_head = [id(p) in head for p in self.params]
-        # BatchNorm running statistics follow the interpolation; integer counters do not.
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
         # Paper: one optimizer state per task, so task i's momentum never moves task j's rows
         # (the release shared one RAdam across tasks: deviation 3). Official: one shared optimizer.
         self.optimizers = {}
@@ -133,7 +144,7 @@ class MetaLearner:
     def optimizer_for(self, k):
         key = k if self.cfg.variant == "paper" else "shared"
         if key not in self.optimizers:
-            self.optimizers[key] = make_optimizer(self.cfg, self.params, self.lr)
+            self.optimizers[key] = make_optimizer(self.cfg, [self.weights.data], self.lr)
         return self.optimizers[key]
 
     def set_lr(self, lr):
@@ -147,7 +158,9 @@ class MetaLearner:
         Returns the last step's loss as a tensor (reading it would wait for the GPU)."""
         opt = self.optimizer_for(k)
         for _ in range(self.cfg.r):
-            opt.zero_grad(set_to_none=True)
+            self.grads.zero_()
+            for p, g in zip(self.weights.tensors, self.grad_views):
+                p.grad = g  # again every step: a zero_grad elsewhere would have set it to None
             with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
                 loss = task_loss(self.forward(x), y, k, self.cfg.class_per_task)
             loss.backward()
@@ -164,27 +177,27 @@ class MetaLearner:
                                          self.ctx, "samples") if self.ctx.enabled else None
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
+        self._attach()
+        weights, running = self.weights.data, self.running and self.running.data
         with torch.no_grad():
-            base = [p.detach().clone() for p in self.params]
-            base_buffers = [b.clone() for b in self.buffers]
+            base = weights.clone()
+            base_running = None if running is None else running.clone()
         if self.cfg.variant == "paper":
-            losses, fast, fast_buffers = self._paper_fast_weights(batches, base, base_buffers,
+            losses, fast, fast_running = self._paper_fast_weights(batches, base, base_running,
                                                                   shares)
         else:
-            losses, fast, fast_buffers = self._official_fast_weights(batches)
+            losses, fast, fast_running = self._official_fast_weights(batches)
         with torch.no_grad():
             # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base, Φ_fast being mean_k θ_k for θ and the
             # slices φ_k of the tasks in the batch for the head (other slices keep their base value).
-            torch._foreach_lerp_(base, fast, self.eta)
-            torch._foreach_copy_(self.params, base)
-            if fast_buffers is not None and self.buffers:
-                torch._foreach_lerp_(base_buffers, fast_buffers, self.eta)
-                torch._foreach_copy_(self.buffers, base_buffers)
+            weights.copy_(base.lerp_(fast, self.eta))
+            if fast_running is not None:
+                running.copy_(base_running.lerp_(fast_running, self.eta))
         # BatchNorm's step counters count each rank's own inner steps: take rank 0's.
         distributed.broadcast_tensors_(distributed.counters(self.model), self.ctx)
         return torch.stack(losses).double().mean()
 
-    def _paper_fast_weights(self, batches, base, base_buffers, shares=None):
+    def _paper_fast_weights(self, batches, base, base_running, shares=None):
         """Every task starts from Φ_base; returns the fast weights to interpolate towards.
 
         Under torchrun (``shares``) each rank trains the tasks of its shard; task k's fast weights
@@ -192,39 +205,38 @@ class MetaLearner:
         the mean of those averages over the K tasks of the global batch, and one all-reduce sums
         the ranks' parts (utils/distributed.py has the derivation). One process: the weights are
         exactly 1/K for θ and 1 for φ_k, and no collective call is made."""
-        cpt, n = self.cfg.class_per_task, len(batches)
+        cpt, n, t = self.cfg.class_per_task, len(batches), self.theta_size
+        weights, running = self.weights.data, self.running and self.running.data
+        fast = torch.zeros_like(base)
         # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
         # to zeros and those rows get their base value back after the sum.
-        fast = [b.clone() if head and shares is None else torch.zeros_like(b)
-                for b, head in zip(base, self.is_head)]
-        theta, phi = self._theta_phi(self.params)
-        fast_theta, fast_phi = self._theta_phi(fast)
-        fast_buffers = [torch.zeros_like(b) for b in base_buffers]
+        if shares is None:
+            fast[t:] = base[t:]
+        fast_phi = self.weights.views(fast)[self.num_theta:]
+        phi = self.weights.tensors[self.num_theta:]
+        fast_running = None if running is None else torch.zeros_like(running)
         losses = []
         for k, x, y in batches:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, base)
-                if self.buffers:
-                    torch._foreach_copy_(self.buffers, base_buffers)
+                weights.copy_(base)
+                if running is not None:
+                    running.copy_(base_running)
             losses.append(self.inner_loop(x, y, k))
             w_theta, w_phi = (1.0 / n, None) if shares is None else \
                 (shares.theta_weight(k, len(y)), shares.head_weight(k, len(y)))
             with torch.no_grad():
-                torch._foreach_add_(fast_theta, theta, alpha=w_theta)   # mean_k θ_k
+                fast[:t].add_(weights[:t], alpha=w_theta)               # mean_k θ_k
                 for f, p in zip(fast_phi, phi):                         # φ_k, task k's rows only
                     rows = p[task_slice(k, cpt)]
                     f[task_slice(k, cpt)] = rows if w_phi is None else rows * w_phi
-                if self.buffers:
-                    torch._foreach_add_(fast_buffers, self.buffers, alpha=w_theta)
+                if running is not None:
+                    fast_running.add_(running, alpha=w_theta)
         if shares is not None:
-            distributed.all_reduce_sum_(fast + fast_buffers, self.ctx)
-            distributed.keep_absent_rows_(fast_phi, self._theta_phi(base)[1], shares, cpt)
-        return losses, fast, fast_buffers
-
-    def _theta_phi(self, tensors):
-        """Split a list aligned with the parameters into its θ (features) and φ (head) parts."""
-        return ([t for t, head in zip(tensors, self.is_head) if not head],
-                [t for t, head in zip(tensors, self.is_head) if head])
+            distributed.all_reduce_sum_([fast] + ([] if running is None else [fast_running]),
+                                        self.ctx)
+            distributed.keep_absent_rows_(fast_phi, self.weights.views(base)[self.num_theta:],
+                                          shares, cpt)
+        return losses, fast, fast_running
 
     def _official_fast_weights(self, batches):
         """The release's effective update: tasks trained one after another from the live weights
@@ -232,8 +244,24 @@ class MetaLearner:
         the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
         losses = [self.inner_loop(x, y, k) for k, x, y in batches]
         # Under torchrun: the ranks' live weights, averaged (a plain run: unchanged).
-        distributed.all_reduce_mean_(self.params + self.buffers, self.ctx)
-        return losses, [p.detach() for p in self.params], None  # the live weights: Φ_last
+        live = [self.weights.data] + ([] if self.running is None else [self.running.data])
+        distributed.all_reduce_mean_(live, self.ctx)
+        return losses, self.weights.data, None  # the live weights: Φ_last
+
+    def _attach(self):
+        """Put the weights back in their buffers if they left them (after ``train_session``, or
+        a ``model.to``), carrying their current values."""
+        for flat in (self.weights, self.running):
+            if flat is not None and not flat.attached():
+                flat.attach()
+
+    def release(self):
+        """Hand the model back with weights in memory of their own and no gradients."""
+        for flat in (self.weights, self.running):
+            if flat is not None:
+                flat.release()
+        for p in self.weights.tensors:
+            p.grad = None
 
     def train_session(self, loader, desc="train"):
         """All epochs of one session; the last epoch's model is kept (no test-set model selection)."""
@@ -246,6 +274,7 @@ class MetaLearner:
             losses = [self.meta_step(x, y) for x, y in loader]
             loss = torch.stack(losses).mean().item()  # the one wait for the device in an epoch
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
+        self.release()
         return loss
 
 
