@@ -17,13 +17,17 @@ def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
     B.main(TINY + ["--json", str(out)])
     result = json.loads(out.read_text())
     assert set(result["ratio_itaml_vs_plain"]) == set(result["speedup_vs_naive"]) == CASES
-    for key in ("ratio_itaml_vs_plain", "speedup_vs_naive"):
+    assert set(result["ratio_naive_vs_plain"]) == CASES
+    for key in ("ratio_itaml_vs_plain", "speedup_vs_naive", "ratio_naive_vs_plain"):
         assert all(v > 0 and math.isfinite(v) for v in result[key].values())
+    for case in CASES:  # each a median of the same repetition's ratios (one repetition here)
+        assert result["ratio_naive_vs_plain"][case] == pytest.approx(
+            result["ratio_itaml_vs_plain"][case] * result["speedup_vs_naive"][case])
     assert result["ratio_eval_vs_forward"] > 1  # evaluation holds at least one forward pass
     assert result["peak_rss_mb"] > 0 and result["device"].startswith("cpu")
     assert result["test_images"] == 200 and result["estimated_full_cifar100_run_hours"] > 0
     printed = capsys.readouterr().out
-    assert "itaml/(r·plain)" in printed and "tasks10_r2" in printed and "eval at session 9" in printed
+    assert "itaml/(r·plain)" in printed and "naive/(r·plain)" in printed and "tasks10_r2" in printed and "eval at session 9" in printed
 
 
 def test_a_batch_of_n_tasks_holds_exactly_n_tasks_mostly_the_new_one():
