@@ -178,7 +178,7 @@ class MetaLearner:
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
         self._attach()
-        weights, running = self.weights.data, self.running and self.running.data
+        weights, running = self.weights.data, self._running_data()
         with torch.no_grad():
             base = weights.clone()
             base_running = None if running is None else running.clone()
@@ -206,7 +206,7 @@ class MetaLearner:
         the ranks' parts (utils/distributed.py has the derivation). One process: the weights are
         exactly 1/K for θ and 1 for φ_k, and no collective call is made."""
         cpt, n, t = self.cfg.class_per_task, len(batches), self.theta_size
-        weights, running = self.weights.data, self.running and self.running.data
+        weights, running = self.weights.data, self._running_data()
         fast = torch.zeros_like(base)
         # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
         # to zeros and those rows get their base value back after the sum.
@@ -244,9 +244,13 @@ class MetaLearner:
         the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
         losses = [self.inner_loop(x, y, k) for k, x, y in batches]
         # Under torchrun: the ranks' live weights, averaged (a plain run: unchanged).
-        live = [self.weights.data] + ([] if self.running is None else [self.running.data])
+        live = [t for t in (self.weights.data, self._running_data()) if t is not None]
         distributed.all_reduce_mean_(live, self.ctx)
         return losses, self.weights.data, None  # the live weights: Φ_last
+
+    def _running_data(self):
+        """The BatchNorm statistics' buffer, or None for a network without them (the MLP)."""
+        return None if self.running is None else self.running.data
 
     def _attach(self):
         """Put the weights back in their buffers if they left them (after ``train_session``, or
