@@ -40,7 +40,8 @@ class FlatBuffer:
         self.attach()
 
     def views(self, flat):
-        """``flat`` (a 1-D tensor of the buffer's size, offset 0 in its storage) as the tensors."""
+        """``flat`` (a contiguous 1-D tensor of the buffer's size) cut into views shaped and
+        strided like the tensors."""
         base = flat.storage_offset()
         return [flat.as_strided(shape, stride, base + offset) for shape, stride, offset in self.layout]
 
