@@ -19,6 +19,17 @@ RESIZABLE = ("imagenet", "celeb", "cub200")  # read from image files, so any cro
 IN_MEMORY = ("mnist", "digits", "cifar100", "svhn")  # small enough to hold as one tensor on a GPU
 GPU_ONLY = ("gpu_data", "amp", "compile")  # speed options that only pay off on a GPU
 
+# The training the two variants stand for, one switch per way the release's computation differs
+# from Alg. 1 as printed (README, "Where the release differs from the paper"). A switch left at
+# None takes its variant's value; set one to change that step alone.
+VARIANTS = {
+    "paper": dict(task_start="base", meta_target="mean", task_optimizer="per_task",
+                  batch_forward=False),
+    "official": dict(task_start="previous", meta_target="last", task_optimizer="shared",
+                     batch_forward=True),
+}
+SWITCHES = tuple(VARIANTS["paper"])
+
 
 def _int(low=None):
     def check(v):
@@ -65,6 +76,11 @@ def _bool():
     return (lambda v: isinstance(v, bool)), "True or False"
 
 
+def _optional(*options):
+    return (lambda v: v is None or v in options), \
+        "None (the variant's choice) or one of " + ", ".join(repr(o) for o in options)
+
+
 def _device():
     def check(v):
         return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
@@ -85,6 +101,11 @@ SCHEMA = {
     "memory": (*_int(1), REQUIRED),
     "selection": (*_choice("random", "herding", "first"), REQUIRED),
     "variant": (*_choice("paper", "official"), REQUIRED),
+    "task_start": (*_optional("base", "previous"), None),
+    "meta_target": (*_optional("mean", "last"), None),
+    "task_optimizer": (*_optional("per_task", "shared"), None),
+    "batch_forward": ((lambda v: v is None or isinstance(v, bool)),
+                      "None (the variant's choice), True or False", None),
     "beta": (*_real(0.0), REQUIRED),
     "r": (*_int(1), REQUIRED),
     "optimizer": (*_choice("sgd", "adam", "radam"), REQUIRED),
@@ -102,6 +123,7 @@ SCHEMA = {
     "adapt_epochs": (*_int(0), REQUIRED),
     "adapt_batch": (*_int(1), REQUIRED),
     "device": (*_device(), "auto"),
+    "augmentation": (*_choice("release", "corrected"), "release"),
     "image_size": (*_image_size(), None),
     "channels_last": (*_bool(), False),
     "amp": (*_bool(), False),
@@ -132,6 +154,9 @@ def check_args(args):
         values[name] = given[name]
     cfg = SimpleNamespace(**values)
     cfg.schedule = list(cfg.schedule)
+    for name, preset in VARIANTS[cfg.variant].items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, preset)
     if cfg.image_size is not None and cfg.dataset not in RESIZABLE:
         raise ConfigError(f"args.image_size = {cfg.image_size} applies only to data sets read from "
                           f"image files ({', '.join(RESIZABLE)}); {cfg.dataset} has a fixed size, "
@@ -139,6 +164,13 @@ def check_args(args):
     _check_split(cfg)
     _check_speed_options(cfg)
     return cfg
+
+
+def describe_training(cfg):
+    """The variant, and any switch set away from it: 'official', or "paper, task_start='previous'"."""
+    changed = [f"{name}={getattr(cfg, name)!r}" for name, preset in VARIANTS[cfg.variant].items()
+               if getattr(cfg, name) != preset]
+    return ", ".join([cfg.variant] + changed)
 
 
 def _check_split(cfg):

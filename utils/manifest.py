@@ -15,7 +15,7 @@ import subprocess
 
 import torch
 
-from utils.config import REQUIRED, SCHEMA
+from utils.config import REQUIRED, SCHEMA, SWITCHES, VARIANTS
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,15 @@ UNSAFE = {
     "memory": "the replay memory, whose classes must hold equal shares of it",
     "selection": "the rule that chose the replay memory's exemplars",
     "variant": "the meta-update",
+    "task_start": "the meta-update",
+    "meta_target": "the meta-update",
+    "task_optimizer": "the meta-update",
+    "batch_forward": "the BatchNorm statistics the meta-update keeps",
+    "augmentation": "the images' augmentation and normalisation the saved weights were trained on",
 }
+# What a record from before a field existed ran with, where that differs from the field's default.
+# Before these fields there was one set of pipelines, and no variant made the extra forward.
+BEFORE_FIELD = {"augmentation": "corrected", "batch_forward": False}
 
 
 def now():
@@ -83,7 +91,12 @@ def plain(cfg):
 
 
 def _old_value(old_args, field):
-    """A field's value in a record; records older than a field carry its default."""
+    """A field's value in a record; records older than a field carry what they ran with: a
+    switch, their variant's choice; others, the field's default."""
+    if field not in old_args and field in BEFORE_FIELD:
+        return BEFORE_FIELD[field]
+    if field not in old_args and field in SWITCHES and old_args.get("variant") in VARIANTS:
+        return VARIANTS[old_args["variant"]][field]
     default = SCHEMA[field][2]
     return old_args.get(field, None if default is REQUIRED else default)
 
