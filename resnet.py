@@ -1,8 +1,13 @@
 """Networks of the paper, picked by data set name.
 
 Every network exposes the split the method needs: ``features`` is the feature extractor θ and ``head``
-the one bias-free linear classifier φ whose rows ``[k*class_per_task, (k+1)*class_per_task)`` belong to
-task k. The learner finds φ through ``model.head``; everything else is θ.
+the one linear classifier φ whose rows ``[k*class_per_task, (k+1)*class_per_task)`` (and the same
+entries of its bias, where it has one) belong to task k. The learner finds φ through ``model.head``;
+everything else is θ.
+
+The MLP, the reduced ResNet-18 and the MS-Celeb ResNet-18 are the release's networks, parameter for
+parameter and with its initialisation. The release had no ImageNet or CUB network: ``ResNet18`` is
+ours.
 """
 import math
 from collections import OrderedDict
@@ -33,40 +38,57 @@ class MLP(nn.Module):
 
 
 class PowerMeanPool(nn.Module):
-    """Global power-mean pooling, (N, C, H, W) -> (N, C, 1, 1): (mean over H×W of x^p)^(1/p).
+    """Global power-mean (GeM) pooling, (N, C, H, W) -> (N, C, 1, 1): (mean over H×W of x^p)^(1/p).
 
-    Meant for non-negative (post-ReLU) maps. Computed in float32 at least (x³ overflows half precision
-    early), returned in the input's dtype.
-    The mean is clamped to ``eps`` before the root: d m^(1/p)/dm is infinite at m = 0, so an all-zero
-    channel would give 0·inf = NaN; below the clamp the gradient is exactly zero instead.
+    As in the release: x is clamped at ``eps`` = 1e-6 first (which also keeps the root's gradient
+    finite on an all-zero channel), and the exponent p, initialised at 3, is a trained parameter of θ.
+    The release's parameter count (1,250,237 with 100 classes) holds exactly one parameter besides
+    the convolutions, BatchNorms and head: this p. Computed in float32 at least (x³ overflows half
+    precision early), returned in the input's dtype.
     """
 
-    def __init__(self, p=3, eps=1e-12):
+    def __init__(self, p=3.0, eps=1e-6):
         super().__init__()
-        self.p, self.eps = p, eps
+        self.p = nn.Parameter(torch.full((1,), float(p)))
+        self.eps = eps
 
     def forward(self, x):
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
-        mean = wide.pow(self.p).mean(dim=(2, 3), keepdim=True)
-        return mean.clamp(min=self.eps).pow(1.0 / self.p).to(x.dtype)
+        p = self.p.to(wide.dtype)
+        mean = wide.clamp(min=self.eps).pow(p).mean(dim=(2, 3), keepdim=True)
+        return mean.pow(1.0 / p).to(x.dtype)
+
+
+def conv_init_(module):
+    """The release's initialisation: convolution weights Kaiming-normal (fan_out, ReLU gain),
+    BatchNorm weight 1 and bias 0; convolution biases and the head keep PyTorch's defaults."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 class BasicBlock(nn.Module):
-    """3×3 conv–BN–ReLU–3×3 conv–BN plus shortcut, then ReLU; stride 1 throughout.
+    """3×3 conv–BN–ReLU–3×3 conv–BN plus shortcut, then ReLU; stride 1 throughout, every
+    convolution with a bias (the release's).
 
-    The shortcut is a 1×1 conv + BN projection when the width changes, the identity otherwise.
+    The shortcut is the identity, or where the width changes a 1×1 conv (with bias), BN and a ReLU
+    (the release's projection; torchvision's has neither the bias nor the ReLU).
     """
 
     def __init__(self, in_planes, planes):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=1, padding=1, bias=True)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=True)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=1, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=1, bias=True),
+                                          nn.BatchNorm2d(planes), nn.ReLU())
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -81,11 +103,13 @@ def make_stage(in_planes, planes, num_blocks=2):
 
 
 class ReducedResNet18(nn.Module):
-    """The release's reduced ResNet-18 for CIFAR-100 and SVHN (≈1.25 M parameters with 100 classes).
+    """The release's reduced ResNet-18 for CIFAR-100 and SVHN, parameter for parameter: 1,250,237
+    with 100 classes, 1,234,937 with 10.
 
-    3×3 stride-1 stem, four stages of two basic blocks with widths 21/42/85/170, every conv stride 1;
-    resolution falls only through a 2×2 max-pool after stages 2 and 3 (32×32 input: 32, 32, 16, 8 after
-    stages 1–4). Cubic power-mean global pooling, then the bias-free head 170 → num_class.
+    3×3 stride-1 stem (with bias), four stages of two basic blocks with widths 21/42/85/170, every
+    conv stride 1; resolution falls only through a 2×2 max-pool after stages 2 and 3 (32×32 input:
+    32, 32, 16, 8 after stages 1–4). GeM pooling with a trained exponent, then the bias-free head
+    170 → num_class. Initialised as the release (``conv_init_``).
     """
 
     widths = (21, 42, 85, 170)
@@ -94,7 +118,7 @@ class ReducedResNet18(nn.Module):
         super().__init__()
         w1, w2, w3, w4 = self.widths
         self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(input_shape[0], w1, 3, stride=1, padding=1, bias=False)),
+            ("conv1", nn.Conv2d(input_shape[0], w1, 3, stride=1, padding=1, bias=True)),
             ("bn1", nn.BatchNorm2d(w1)),
             ("relu", nn.ReLU(inplace=True)),
             ("layer1", make_stage(w1, w1)),
@@ -103,9 +127,10 @@ class ReducedResNet18(nn.Module):
             ("layer3", make_stage(w2, w3)),
             ("pool3", nn.MaxPool2d(2)),
             ("layer4", make_stage(w3, w4)),
-            ("pool", PowerMeanPool(p=3)),
+            ("pool", PowerMeanPool(p=3.0)),
             ("flatten", nn.Flatten()),
         ]))
+        conv_init_(self.features)
         self.head = nn.Linear(w4, num_class, bias=False)
 
     def forward(self, x):
@@ -113,14 +138,16 @@ class ReducedResNet18(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """torchvision's ResNet-18 (random init) for ImageNet, MS-Celeb and CUB-200, with a bias-free head.
+    """Ours for ImageNet and CUB-200 (the release had no network for them): torchvision's ResNet-18
+    (random init) with a bias-free head.
 
     The stem follows the image side s = min(H, W), so that the last stage still sees a map of a few
     pixels rather than 1×1:
       - s ≥ 160 (224-px ImageNet/CUB): the standard 7×7 stride-2 conv and 3×3 stride-2 max-pool, /32
         overall (224 → 7×7 after layer4).
-      - 64 < s < 160 (112-px MS-Celeb, as in the paper): the 7×7 stride-2 conv but no max-pool, /16
-        overall, so 112 px gives the same map sizes from layer1 on as 224 px does in the standard net.
+      - 64 < s < 160 (the release's 112-px ImageNet crops): the 7×7 stride-2 conv but no max-pool,
+        /16 overall, so 112 px gives the same map sizes from layer1 on as 224 px does in the
+        standard net.
       - s ≤ 64 (downsampled images, small test images): a 3×3 stride-1 conv and no max-pool, as ResNets
         for CIFAR do, /8 overall (32 → 4×4); the standard stem would leave 1×1 maps or less.
     conv1 takes ``input_shape[0]`` channels. ``features`` ends with global average pooling and flatten
@@ -148,6 +175,30 @@ class ResNet18(nn.Module):
         return self.head(self.features(x))
 
 
+class CelebResNet18(nn.Module):
+    """The release's MS-Celeb network: torchvision's ResNet-18 as it stands, so the 7×7 stride-2 stem
+    (no bias), BN, ReLU, the 3×3 stride-2 max-pool, four stages and average pooling also at 112 px
+    (112 → 4×4 after layer4), with torchvision's initialisation; its head is torchvision's ``fc``,
+    512 → num_class **with a bias**. 16,306,512 parameters with 10,000 classes.
+    """
+
+    def __init__(self, input_shape, num_class):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None, num_classes=num_class)
+        conv1 = net.conv1
+        if input_shape[0] != conv1.in_channels:
+            conv1 = nn.Conv2d(input_shape[0], 64, 7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool),
+            ("layer1", net.layer1), ("layer2", net.layer2), ("layer3", net.layer3),
+            ("layer4", net.layer4), ("avgpool", net.avgpool), ("flatten", nn.Flatten())]))
+        self.head = net.fc
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
 # data set name -> constructor(input_shape, num_class)
 NETWORKS = {
     "mnist": MLP,
@@ -155,7 +206,7 @@ NETWORKS = {
     "cifar100": ReducedResNet18,
     "svhn": ReducedResNet18,
     "imagenet": ResNet18,
-    "celeb": ResNet18,
+    "celeb": CelebResNet18,
     "cub200": ResNet18,
 }
 

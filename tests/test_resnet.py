@@ -1,14 +1,19 @@
-"""The paper's networks: shapes, the θ/φ split and the bias-free head."""
+"""The paper's networks: the release's parameter counts, layouts and initialisation, shapes and the
+θ/φ split."""
+import math
+
 import pytest
 import torch
 
-from resnet import MLP, NETWORKS, PowerMeanPool, ReducedResNet18, ResNet18, build_network
+from resnet import (MLP, NETWORKS, CelebResNet18, PowerMeanPool, ReducedResNet18, ResNet18,
+                    build_network)
 from utils.errors import ConfigError
 
 # a small input for each data set name (ResNet-18 at 32/64 px to keep the tests fast)
 SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
           "imagenet": (3, 64, 64), "celeb": (3, 32, 32), "cub200": (3, 32, 32)}
-FEATURE_DIM = {MLP: 400, ReducedResNet18: 170, ResNet18: 512}
+FEATURE_DIM = {MLP: 400, ReducedResNet18: 170, ResNet18: 512, CelebResNet18: 512}
+HEAD_BIAS = {"celeb"}  # the release's MS-Celeb head has a bias; every other head has none
 
 
 def count(module):
@@ -41,30 +46,33 @@ def test_unknown_network():
 def test_every_data_set_has_a_network():
     assert set(NETWORKS) == set(SHAPES)
     assert {NETWORKS[d] for d in ("cifar100", "svhn")} == {ReducedResNet18}
-    assert {NETWORKS[d] for d in ("imagenet", "celeb", "cub200")} == {ResNet18}
+    assert {NETWORKS[d] for d in ("imagenet", "cub200")} == {ResNet18}
+    assert NETWORKS["celeb"] is CelebResNet18
 
 
 @pytest.mark.parametrize("dataset", sorted(SHAPES))
-def test_shapes_split_and_bias_free_head(dataset):
+def test_shapes_split_and_head(dataset):
     torch.manual_seed(0)
     net = build_network(dataset, SHAPES[dataset], 7).eval()
     dim = FEATURE_DIM[type(net)]
-    assert net.head.bias is None and tuple(net.head.weight.shape) == (7, dim)
+    assert tuple(net.head.weight.shape) == (7, dim)
+    assert (net.head.bias is not None) == (dataset in HEAD_BIAS)
+    if net.head.bias is not None:
+        assert tuple(net.head.bias.shape) == (7,)  # one entry a class: split by task like the rows
     x = torch.randn(2, *SHAPES[dataset])
     with torch.no_grad():
         feats, logits = net.features(x), net(x)
     assert feats.shape == (2, dim) and logits.shape == (2, 7)
     assert torch.equal(net.head(feats), logits)
     # φ is the head alone: every other parameter belongs to θ
-    head = {id(p) for p in net.head.parameters()}
-    assert len(head) == 1
-    assert count(net) == count(net.features) + net.head.weight.numel()
+    assert count(net) == count(net.features) + count(net.head)
 
 
 def reduced_resnet18_parameters(c_in, widths, num_class):
-    """Parameters of the reduced ResNet-18, from its architecture: weights of 3×3 convs, BN (γ, β),
-    1×1 projections + BN where the width changes, the bias-free head."""
-    conv3, bn = (lambda i, o: 9 * i * o), (lambda c: 2 * c)
+    """Parameters of the release's reduced ResNet-18, from its architecture: 3×3 convs with biases,
+    BN (γ, β), 1×1 projections with bias + BN where the width changes, the pooling exponent p and
+    the bias-free head."""
+    conv3, conv1, bn = (lambda i, o: 9 * i * o + o), (lambda i, o: i * o + o), (lambda c: 2 * c)
     total = conv3(c_in, widths[0]) + bn(widths[0])  # stem
     previous = widths[0]
     for w in widths:
@@ -72,17 +80,80 @@ def reduced_resnet18_parameters(c_in, widths, num_class):
             i = previous if block == 0 else w
             total += conv3(i, w) + bn(w) + conv3(w, w) + bn(w)
             if i != w:
-                total += i * w + bn(w)
+                total += conv1(i, w) + bn(w)
         previous = w
-    return total + widths[-1] * num_class
+    return total + 1 + widths[-1] * num_class
+
+
+# Counted from the release's own network definitions (the issue that asked for them, and PAPER.md).
+RELEASE_COUNTS = [("cifar100", (3, 32, 32), 100, 1_250_237),
+                  ("svhn", (3, 32, 32), 10, 1_234_937),
+                  ("celeb", (3, 112, 112), 10_000, 16_306_512),
+                  ("mnist", (1, 28, 28), 10, 478_400)]
+
+
+@pytest.mark.parametrize("dataset,shape,num_class,want", RELEASE_COUNTS)
+def test_parameter_counts_are_the_releases(dataset, shape, num_class, want):
+    got = count(build_network(dataset, shape, num_class))
+    print(f"{dataset}: {got:,} parameters with {num_class} classes (release: {want:,})")
+    assert got == want
 
 
 @pytest.mark.parametrize("num_class", [10, 100])
-def test_reduced_resnet18_parameter_count(num_class):
+def test_reduced_resnet18_parameter_count_from_its_layers(num_class):
     net = ReducedResNet18((3, 32, 32), num_class)
     assert count(net) == reduced_resnet18_parameters(3, (21, 42, 85, 170), num_class)
-    if num_class == 100:
-        assert 1.2e6 < count(net) < 1.3e6  # the paper's ≈1.25 M
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.bias is not None for m in convs)
+
+
+def test_reduced_resnet18_projection_shortcut_ends_in_a_relu():
+    net = ReducedResNet18((3, 32, 32), 10).eval()
+    for name in ("layer2", "layer3", "layer4"):
+        shortcut = getattr(net.features, name)[0].shortcut
+        assert [type(m) for m in shortcut] == [torch.nn.Conv2d, torch.nn.BatchNorm2d,
+                                               torch.nn.ReLU]
+        assert shortcut[0].kernel_size == (1, 1) and shortcut[0].bias is not None
+        with torch.no_grad():
+            assert shortcut(torch.randn(2, shortcut[0].in_channels, 4, 4)).min() >= 0
+    assert len(net.features.layer1[0].shortcut) == 0  # same width: the identity
+
+
+def kurtosis(w):
+    w = w.flatten().double()
+    w = w - w.mean()
+    return ((w ** 4).mean() / (w ** 2).mean() ** 2).item()
+
+
+@pytest.mark.parametrize("dataset,shape", [("cifar100", (3, 32, 32)), ("celeb", (3, 32, 32))])
+def test_convolutions_are_kaiming_normal_fan_out_and_batchnorm_one_zero(dataset, shape):
+    """The release's initialisation: std √(2 / fan_out) and a normal's kurtosis of 3 (PyTorch's
+    default is uniform, std 1/√(3·fan_in), kurtosis 1.8), BatchNorm γ = 1 and β = 0."""
+    torch.manual_seed(0)
+    net = build_network(dataset, shape, 10)
+    big = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 20_000]
+    assert big
+    for conv in big:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.05)
+        assert kurtosis(conv.weight) == pytest.approx(3.0, abs=0.3)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
+
+
+def test_celeb_network_is_torchvisions_resnet18_with_its_max_pool_and_head_bias():
+    net = CelebResNet18((3, 112, 112), 10_000).eval()
+    conv1 = net.features.conv1
+    assert conv1.kernel_size == (7, 7) and conv1.stride == (2, 2) and conv1.bias is None
+    assert isinstance(net.features.maxpool, torch.nn.MaxPool2d)
+    sizes = {}
+    net.features.layer4.register_forward_hook(
+        lambda m, i, out: sizes.__setitem__(4, tuple(out.shape[2:])))
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 112, 112)).shape == (1, 10_000)
+    assert tuple(sizes[4]) == (4, 4)  # 112 → 56 (stem) → 28 (max-pool) → 28, 14, 7, 4
+    assert net.head.bias is not None and tuple(net.head.weight.shape) == (10_000, 512)
 
 
 def test_reduced_resnet18_map_sizes_and_strides():
@@ -98,32 +169,45 @@ def test_reduced_resnet18_map_sizes_and_strides():
         net(torch.randn(2, 3, 32, 32))
     assert sizes == {"layer1": (21, 32, 32), "layer2": (42, 32, 32),
                      "layer3": (85, 16, 16), "layer4": (170, 8, 8)}
-    assert isinstance(net.features.pool, PowerMeanPool) and net.features.pool.p == 3
+    pool = net.features.pool
+    assert isinstance(pool, PowerMeanPool) and pool.p.tolist() == [3.0]
+    assert any(p is pool.p for p in net.features.parameters())  # trained with θ
 
 
 def test_power_mean_pool_is_cube_root_of_mean_of_cubes():
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]],
                        [[0.0, 0.0], [0.0, 6.0]]]])  # (1, 2, 2, 2)
-    expected = torch.tensor([(100.0 / 4) ** (1 / 3), (216.0 / 4) ** (1 / 3)]).view(1, 2, 1, 1)
+    eps3 = 1e-18  # a zero is clamped at 1e-6 before the cube
+    expected = torch.tensor([(100.0 / 4) ** (1 / 3), ((216.0 + 3 * eps3) / 4) ** (1 / 3)])
     out = PowerMeanPool(p=3)(x)
     assert out.shape == (1, 2, 1, 1) and out.dtype == torch.float32
-    assert torch.allclose(out, expected, rtol=1e-6, atol=0)
+    assert torch.allclose(out.flatten(), expected, rtol=1e-6, atol=0)
     half = PowerMeanPool(p=3)(x.half())
-    assert half.dtype == torch.float16 and torch.allclose(half.float(), expected, rtol=1e-3)
+    assert half.dtype == torch.float16 and torch.allclose(half.float().flatten(), expected,
+                                                          rtol=1e-3)
 
 
-def test_power_mean_pool_gradient_is_finite_on_a_dead_channel():
+def test_power_mean_pool_clamps_the_input_and_trains_its_exponent():
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]],
                        [[1.0, 0.0], [2.0, 0.0]]]], requires_grad=True)
-    out = PowerMeanPool(p=3)(x)
-    assert out[0, 0].item() < 1e-3  # a dead channel pools to ≈0 (the clamp's cube root)
+    pool = PowerMeanPool(p=3)
+    out = pool(x)
+    assert out[0, 0].item() == pytest.approx(1e-6, rel=1e-4)  # a dead channel: the clamp, 1e-6
     out.sum().backward()
-    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(pool.p.grad).all()
     assert torch.equal(x.grad[0, 0], torch.zeros(2, 2))
     # live channel: d/dx_i (mean x³)^(1/3) = x_i² / (4 · M²), M = (9/4)^(1/3)
     m = (9.0 / 4) ** (1 / 3)
     expected = torch.tensor([[1.0, 0.0], [4.0, 0.0]]) / (4 * m * m)
     assert torch.allclose(x.grad[0, 1], expected, rtol=1e-5)
+    # d/dp (mean x^p)^(1/p) at p = 3, summed over both channels, in float64 by hand
+    xs = [[1e-6] * 4, [1.0, 1e-6, 2.0, 1e-6]]
+    want = 0.0
+    for v in xs:
+        s = sum(a ** 3 for a in v) / 4
+        ds = sum(a ** 3 * math.log(a) for a in v) / 4
+        want += s ** (1 / 3) * (-math.log(s) / 9 + ds / (3 * s))
+    assert pool.p.grad.item() == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("side,kernel,stride,maxpool", [(224, 7, 2, True), (112, 7, 2, False),
@@ -131,7 +215,7 @@ def test_power_mean_pool_gradient_is_finite_on_a_dead_channel():
 def test_resnet18_stem_follows_the_image_size(side, kernel, stride, maxpool):
     net = ResNet18((3, side, side), 100)
     conv1 = net.features.conv1
-    assert conv1.kernel_size == (kernel, kernel) and conv1.stride == (stride, stride)
+    assert conv1.kernel_size == (kernel, kernel) and conv1.stride == (stride, stride), side
     assert conv1.in_channels == 3 and conv1.bias is None
     assert hasattr(net.features, "maxpool") == maxpool
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules()) == maxpool
