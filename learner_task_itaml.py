@@ -2,8 +2,19 @@
 
 Paper names: the base weights Φ_base = {θ, φ} are snapshotted at every mini-batch; task k's fast weights
 Φ_k = {θ_k, φ_k} start from them and take ``r`` optimizer steps on task k's samples; the meta-update
-interpolates with η = exp(−β·t/T). ``args.variant`` picks the paper's update ("paper") or what the
-authors' release effectively computes ("official"); see the README for the differences.
+interpolates with η = exp(−β·t/T).
+
+``args.variant`` picks Alg. 1 as printed ("paper") or what the authors' release computed ("official",
+which produced the published numbers). The release differs in four ways, each its own switch in
+``args`` (``utils/config.py``: VARIANTS), all read by the one loop of ``MetaLearner.meta_step``:
+  - ``task_start``: each task's inner loop starts from Φ_base ("base"), or from the weights the
+    previous task left ("previous": the release's reset to the base was a no-op);
+  - ``meta_target``: Φ moves towards the mean of the tasks' θ_k with each task's own φ_k ("mean"),
+    or towards the last task's weights, all of them, BatchNorm statistics taken as they are
+    ("last": the release's stored weights aliased the live ones);
+  - ``task_optimizer``: one optimizer state per task ("per_task") or one for all ("shared");
+  - ``batch_forward``: the release's extra train-mode forward of the whole mini-batch before the
+    tasks, whose only effect is on BatchNorm's running statistics.
 """
 import contextlib
 import copy
@@ -37,21 +48,31 @@ def task_loss(logits, targets, k, class_per_task):
 
 @contextlib.contextmanager
 def single_sample_guard(model, batch_size):
-    """BatchNorm cannot normalise a batch of one sample (there is no batch variance; on 1×1 maps it
-    raises). A task may hold one sample of a mini-batch, so for such a step BatchNorm uses its running
-    statistics and leaves them unchanged; the sample still gives its gradient."""
+    """BatchNorm cannot take statistics from one value per channel (there is no variance; it
+    raises). A task may hold one sample of a mini-batch: then every BatchNorm layer whose input
+    still has several values per channel (N·H·W > 1: a single image's feature map) keeps using batch
+    statistics, as in the release, and only a layer that sees a single value per channel (a vector,
+    or a 1×1 map) uses its running statistics, leaving them unchanged, for this pass. The sample
+    still gives its gradient."""
     norms = [m for m in model.modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
     if batch_size > 1 or not norms:
         yield
         return
-    for m in norms:
-        m.eval()
+    hooks = [m.register_forward_pre_hook(_running_statistics_if_single_value) for m in norms]
     try:
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         for m in norms:
             m.train()
+
+
+def _running_statistics_if_single_value(norm, inputs):
+    x = inputs[0]
+    if x.numel() == x.shape[1]:  # one value per channel
+        norm.eval()
 
 
 def lr_at(cfg, epoch):
@@ -107,6 +128,56 @@ def split_by_task(x, y, class_per_task):
     return tasks.tolist(), xs, ys
 
 
+class _MeanOfTasks:
+    """Φ_fast of meta_target "mean": θ_fast = mean_k θ_k and φ_fast = task k's own slice φ_k
+    (absent tasks' slices keep their base value); BatchNorm statistics averaged like θ.
+
+    Under torchrun (``shares``) each rank adds the tasks of its shard; task k's fast weights are
+    averaged over the ranks that saw it, weighted by their share of its samples, θ_fast is the mean
+    of those averages over the K tasks of the global batch, and one all-reduce sums the ranks'
+    parts (utils/distributed.py has the derivation). One process: the weights are exactly 1/K for
+    θ and 1 for φ_k, and no collective call is made."""
+
+    def __init__(self, learner, base, num_tasks, shares=None):
+        self.learner, self.base, self.num_tasks, self.shares = learner, base, num_tasks, shares
+        self.cpt, self.t = learner.cfg.class_per_task, learner.theta_size
+        self.fast = torch.zeros_like(base)
+        # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
+        # to zeros and those rows get their base value back after the sum.
+        if shares is None:
+            self.fast[self.t:] = base[self.t:]
+        self.fast_phi = learner.weights.views(self.fast)[learner.num_theta:]
+        self.phi = learner.weights.tensors[learner.num_theta:]
+        self.running = learner._running_data()
+        self.fast_running = None if self.running is None else torch.zeros_like(self.running)
+
+    @torch.no_grad()
+    def add(self, k, samples):
+        """Add task k's fast weights (the live ones, after its inner loop)."""
+        if self.shares is None:
+            w_theta, w_phi = 1.0 / self.num_tasks, None
+        else:
+            w_theta, w_phi = (self.shares.theta_weight(k, samples),
+                              self.shares.head_weight(k, samples))
+        self.fast[:self.t].add_(self.learner.weights.data[:self.t], alpha=w_theta)  # mean_k θ_k
+        rows = task_slice(k, self.cpt)
+        for f, p in zip(self.fast_phi, self.phi):                             # φ_k: k's rows only
+            f[rows] = p[rows] if w_phi is None else p[rows] * w_phi
+        if self.running is not None:
+            self.fast_running.add_(self.running, alpha=w_theta)
+
+    def result(self):
+        """(Φ_fast, its BatchNorm statistics), summed over the ranks under torchrun."""
+        if self.shares is not None:
+            learner = self.learner
+            distributed.all_reduce_sum_([self.fast] + ([] if self.running is None
+                                                       else [self.fast_running]), learner.ctx)
+            distributed.keep_absent_rows_(self.fast_phi,
+                                          learner.weights.views(self.base)[learner.num_theta:],
+                                          self.shares, self.cpt)
+        return self.fast, self.fast_running
+
+
 class MetaLearner:
     """Trains the model through one session (one new task plus the replay memory).
 
@@ -122,7 +193,7 @@ class MetaLearner:
         prepare_model(model, cfg)  # the buffer keeps each weight's strides, so lay them out first
         head = {id(p) for p in model.head.parameters()}
         theta = [p for p in model.parameters() if id(p) not in head]
-        phi = [p for p in model.parameters() if id(p) in head]
+        phi = [p for p in model.parameters() if id(p) in head]  # rows, and bias entries, by task
         self.weights = FlatBuffer(theta + phi, "parameter")
         self.theta_size, self.num_theta = sum(p.numel() for p in theta), len(theta)
         # Backward adds each weight's gradient into its view of one gradient buffer, which the
@@ -136,13 +207,11 @@ class MetaLearner:
         self.running = FlatBuffer(running, "buffer") if running else None
         # The compiled forward shares the model's parameters, so the in-place restores reach it.
         self.forward = torch.compile(model) if cfg.compile else model
-        # Paper: one optimizer state per task, so task i's momentum never moves task j's rows
-        # (the release shared one RAdam across tasks: deviation 3). Official: one shared optimizer.
-        self.optimizers = {}
+        self.optimizers = {}  # task k, or "shared": one state for all tasks (task_optimizer)
         self.lr = cfg.lr
 
     def optimizer_for(self, k):
-        key = k if self.cfg.variant == "paper" else "shared"
+        key = k if self.cfg.task_optimizer == "per_task" else "shared"
         if key not in self.optimizers:
             self.optimizers[key] = make_optimizer(self.cfg, [self.weights.data], self.lr)
         return self.optimizers[key]
@@ -157,12 +226,14 @@ class MetaLearner:
         """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice.
         Returns the last step's loss as a tensor (reading it would wait for the GPU)."""
         opt = self.optimizer_for(k)
+        # One sample switches BatchNorm layers by their input size: not a graph to compile for.
+        forward = self.model if len(x) == 1 else self.forward
         for _ in range(self.cfg.r):
             self.grads.zero_()
             for p, g in zip(self.weights.tensors, self.grad_views):
                 p.grad = g  # again every step: a zero_grad elsewhere would have set it to None
             with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
-                loss = task_loss(self.forward(x), y, k, self.cfg.class_per_task)
+                loss = task_loss(forward(x), y, k, self.cfg.class_per_task)
             loss.backward()
             opt.step()
         return loss.detach()
@@ -178,18 +249,15 @@ class MetaLearner:
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
         self._attach()
+        if self.cfg.batch_forward:
+            self._batch_forward(x)
         weights, running = self.weights.data, self._running_data()
         with torch.no_grad():
             base = weights.clone()
             base_running = None if running is None else running.clone()
-        if self.cfg.variant == "paper":
-            losses, fast, fast_running = self._paper_fast_weights(batches, base, base_running,
-                                                                  shares)
-        else:
-            losses, fast, fast_running = self._official_fast_weights(batches)
+        losses, fast, fast_running = self._fast_weights(batches, base, base_running, shares)
         with torch.no_grad():
-            # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base, Φ_fast being mean_k θ_k for θ and the
-            # slices φ_k of the tasks in the batch for the head (other slices keep their base value).
+            # The meta-update: Φ ← η·Φ_fast + (1−η)·Φ_base.
             weights.copy_(base.lerp_(fast, self.eta))
             if fast_running is not None:
                 running.copy_(base_running.lerp_(fast_running, self.eta))
@@ -197,56 +265,43 @@ class MetaLearner:
         distributed.broadcast_tensors_(distributed.counters(self.model), self.ctx)
         return torch.stack(losses).double().mean()
 
-    def _paper_fast_weights(self, batches, base, base_running, shares=None):
-        """Every task starts from Φ_base; returns the fast weights to interpolate towards.
+    @torch.no_grad()
+    def _batch_forward(self, x):
+        """The release's forward of the whole mini-batch in train mode before the tasks (its output
+        unused): the weights stay, BatchNorm's running statistics take one step towards the
+        batch's. Nothing to do for a network without BatchNorm."""
+        if self.running is not None:
+            with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
+                self.model(to_input(x, self.cfg, self.device))
 
-        Under torchrun (``shares``) each rank trains the tasks of its shard; task k's fast weights
-        are averaged over the ranks that saw it, weighted by their share of its samples, θ_fast is
-        the mean of those averages over the K tasks of the global batch, and one all-reduce sums
-        the ranks' parts (utils/distributed.py has the derivation). One process: the weights are
-        exactly 1/K for θ and 1 for φ_k, and no collective call is made."""
-        cpt, n, t = self.cfg.class_per_task, len(batches), self.theta_size
+    def _fast_weights(self, batches, base, base_running, shares=None):
+        """The inner loops of the batch's tasks, in increasing task order (the newest last), and
+        Φ_fast, what the meta-update moves towards, with its BatchNorm statistics (None: keep the
+        live ones).
+
+        task_start "base": every task starts from Φ_base (Alg. 1); "previous": from the weights
+        the task before it left. meta_target "mean": θ_fast = mean_k θ_k and φ_fast = each task's
+        own slice φ_k, absent tasks' slices keeping the base (``_MeanOfTasks``); "last": Φ_fast is
+        the last task's Φ, all of it, and its BatchNorm statistics stay as the tasks left them.
+        """
         weights, running = self.weights.data, self._running_data()
-        fast = torch.zeros_like(base)
-        # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
-        # to zeros and those rows get their base value back after the sum.
-        if shares is None:
-            fast[t:] = base[t:]
-        fast_phi = self.weights.views(fast)[self.num_theta:]
-        phi = self.weights.tensors[self.num_theta:]
-        fast_running = None if running is None else torch.zeros_like(running)
+        mean = (_MeanOfTasks(self, base, len(batches), shares) if self.cfg.meta_target == "mean"
+                else None)
         losses = []
         for k, x, y in batches:
-            with torch.no_grad():
-                weights.copy_(base)
-                if running is not None:
-                    running.copy_(base_running)
+            if self.cfg.task_start == "base":
+                with torch.no_grad():
+                    weights.copy_(base)
+                    if running is not None:
+                        running.copy_(base_running)
             losses.append(self.inner_loop(x, y, k))
-            w_theta, w_phi = (1.0 / n, None) if shares is None else \
-                (shares.theta_weight(k, len(y)), shares.head_weight(k, len(y)))
-            with torch.no_grad():
-                fast[:t].add_(weights[:t], alpha=w_theta)               # mean_k θ_k
-                for f, p in zip(fast_phi, phi):                         # φ_k, task k's rows only
-                    rows = p[task_slice(k, cpt)]
-                    f[task_slice(k, cpt)] = rows if w_phi is None else rows * w_phi
-                if running is not None:
-                    fast_running.add_(running, alpha=w_theta)
-        if shares is not None:
-            distributed.all_reduce_sum_([fast] + ([] if running is None else [fast_running]),
-                                        self.ctx)
-            distributed.keep_absent_rows_(fast_phi, self.weights.views(base)[self.num_theta:],
-                                          shares, cpt)
-        return losses, fast, fast_running
-
-    def _official_fast_weights(self, batches):
-        """The release's effective update: tasks trained one after another from the live weights
-        with one shared optimizer (its per-task reset was a no-op, deviation 1), and the "mean" is
-        the last task's weights (deviation 2). It did not interpolate BatchNorm statistics."""
-        losses = [self.inner_loop(x, y, k) for k, x, y in batches]
-        # Under torchrun: the ranks' live weights, averaged (a plain run: unchanged).
-        live = [t for t in (self.weights.data, self._running_data()) if t is not None]
-        distributed.all_reduce_mean_(live, self.ctx)
-        return losses, self.weights.data, None  # the live weights: Φ_last
+            if mean is not None:
+                mean.add(k, len(y))
+        if mean is not None:
+            return (losses,) + mean.result()
+        # Under torchrun: the ranks' live weights and statistics, averaged (a plain run: unchanged).
+        distributed.all_reduce_mean_([t for t in (weights, running) if t is not None], self.ctx)
+        return losses, weights, None
 
     def _running_data(self):
         """The BatchNorm statistics' buffer, or None for a network without them (the MLP)."""

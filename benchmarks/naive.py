@@ -1,8 +1,8 @@
 """Reference implementations written the straightforward way, for the benchmark and the equivalence
 tests only: the same arithmetic as ``learner_task_itaml``, without its fast path.
 
-``NaiveMetaLearner.meta_step`` is Alg. 1 (both variants, one optimizer state per task in the paper
-variant) as one would first write it: Φ_base is a deep copy of the model taken at every mini-batch,
+``NaiveMetaLearner.meta_step`` is Alg. 1 (with the release's deviations as the same switches of
+``args``) as one would first write it: Φ_base is a deep copy of the model taken at every mini-batch,
 every tensor is handled in its own Python loop, tasks are picked out with boolean masks, and the
 optimizers are torch's defaults for the device. ``naive_evaluate`` classifies every routed sample
 with the adapted model of the task it is routed to, protocol by protocol.
@@ -26,13 +26,15 @@ def default_optimizer(cfg, params):
 
 
 class NaiveMetaLearner:
+    """Alg. 1 and the release's deviations, read from the same switches as ``MetaLearner``."""
+
     def __init__(self, model, cfg, session):
         self.model, self.cfg = model, cfg
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
         self.optimizers = {}
 
     def optimizer_for(self, k):
-        key = k if self.cfg.variant == "paper" else "shared"
+        key = k if self.cfg.task_optimizer == "per_task" else "shared"
         if key not in self.optimizers:
             self.optimizers[key] = default_optimizer(self.cfg, self.model.parameters())
         return self.optimizers[key]
@@ -50,52 +52,59 @@ class NaiveMetaLearner:
     def meta_step(self, x, y):
         cpt = self.cfg.class_per_task
         tasks = sorted(set((y // cpt).tolist()))
+        if self.cfg.batch_forward:
+            with torch.no_grad(), single_sample_guard(self.model, len(x)):
+                self.model(x)  # the release's extra forward: BatchNorm statistics only
         base = copy.deepcopy(self.model)  # Φ_base
         losses = []
-        if self.cfg.variant == "paper":
-            fast = self._paper(x, y, tasks, base, losses)
-        else:
-            for k in tasks:
-                losses.append(self.inner_loop(x[y // cpt == k], y[y // cpt == k], k))
+        fast = self._start_mean(base) if self.cfg.meta_target == "mean" else None
+        for k in tasks:
+            if self.cfg.task_start == "base":
+                with torch.no_grad():
+                    for p, b in zip(self.model.parameters(), base.parameters()):
+                        p.copy_(b)
+                    for buf, b in zip(self.model.buffers(), base.buffers()):
+                        if buf.is_floating_point():
+                            buf.copy_(b)
+            losses.append(self.inner_loop(x[y // cpt == k], y[y // cpt == k], k))
+            if fast is not None:
+                self._add_to_mean(fast, k, len(tasks))
+        if fast is None:  # "last": the live weights; BatchNorm statistics stay as they are
             fast = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 b = base.get_parameter(name)
                 p.copy_(b + self.eta * (fast[name] - b))
-            if self.cfg.variant == "paper":
+            if self.cfg.meta_target == "mean":
                 for name, buf in self.model.named_buffers():
                     if buf.is_floating_point():
                         b = base.get_buffer(name)
                         buf.copy_(b + self.eta * (fast[name] - b))
         return sum(losses) / len(losses)
 
-    def _paper(self, x, y, tasks, base, losses):
-        """Each task from Φ_base; θ and BatchNorm statistics averaged over tasks, φ_k from task k."""
-        cpt, n = self.cfg.class_per_task, len(tasks)
+    @staticmethod
+    def _start_mean(base):
+        """θ and BatchNorm statistics accumulate from zero; the head starts as the base's."""
         fast = {}
         for name, p in base.named_parameters():
             fast[name] = p.detach().clone() if name.startswith("head.") else torch.zeros_like(p)
         for name, b in base.named_buffers():
             if b.is_floating_point():
                 fast[name] = torch.zeros_like(b)
-        for k in tasks:
-            with torch.no_grad():
-                for p, b in zip(self.model.parameters(), base.parameters()):
-                    p.copy_(b)
-                for buf, b in zip(self.model.buffers(), base.buffers()):
-                    if buf.is_floating_point():
-                        buf.copy_(b)
-            losses.append(self.inner_loop(x[y // cpt == k], y[y // cpt == k], k))
-            with torch.no_grad():
-                for name, p in self.model.named_parameters():
-                    if name.startswith("head."):
-                        fast[name][task_slice(k, cpt)] = p[task_slice(k, cpt)]
-                    else:
-                        fast[name] += p / n
-                for name, buf in self.model.named_buffers():
-                    if buf.is_floating_point():
-                        fast[name] += buf / n
         return fast
+
+    @torch.no_grad()
+    def _add_to_mean(self, fast, k, n):
+        """θ and BatchNorm statistics averaged over tasks, φ_k (rows and bias) from task k."""
+        cpt = self.cfg.class_per_task
+        for name, p in self.model.named_parameters():
+            if name.startswith("head."):
+                fast[name][task_slice(k, cpt)] = p[task_slice(k, cpt)]
+            else:
+                fast[name] += p / n
+        for name, buf in self.model.named_buffers():
+            if buf.is_floating_point():
+                fast[name] += buf / n
 
 
 def naive_evaluate(model, data, memory, session, cfg, device, seed=0):

@@ -1,4 +1,5 @@
 """Exact arithmetic of Alg. 1 on a tiny linear model, against closed-form gradients in numpy."""
+import itertools
 import math
 
 import numpy as np
@@ -6,24 +7,27 @@ import pytest
 import torch
 import torch.nn as nn
 
-from learner_task_itaml import MetaLearner, eta_for, lr_at, task_loss
+from learner_task_itaml import MetaLearner, eta_for, lr_at, single_sample_guard, task_loss
 
 LR = 0.3
 CPT = 2
 
 
 class Tiny(nn.Module):
-    """θ = W1 (2×2), φ = W2 (2·T × 2); logits = W2 W1 x. No nonlinearity, so gradients are closed-form."""
+    """θ = W1 (2×2), φ = W2 (2·T × 2) and optionally a bias b; logits = W2 W1 x + b. No
+    nonlinearity, so gradients are closed-form."""
 
-    def __init__(self, num_task=2, bn=False):
+    def __init__(self, num_task=2, bn=False, bias=False):
         super().__init__()
         layers = [nn.Linear(2, 2, bias=False)] + ([nn.BatchNorm1d(2)] if bn else [])
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2, CPT * num_task, bias=False)
+        self.head = nn.Linear(2, CPT * num_task, bias=bias)
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():
             self.features[0].weight.copy_(torch.randn(2, 2, generator=g))
             self.head.weight.copy_(torch.randn(CPT * num_task, 2, generator=g))
+            if bias:
+                self.head.bias.copy_(torch.randn(CPT * num_task, generator=g))
         self.double()
 
     def forward(self, x):
@@ -37,92 +41,127 @@ def batch():
     return x, y
 
 
-def grads(W1, W2, X, labels, k):
-    """dL/dW1, dL/dW2 of mean BCE-with-logits on task k's slice, in closed form."""
+def grads(W, X, labels, k):
+    """dL/dW1, dL/dW2 (and dL/db) of mean BCE-with-logits on task k's slice, in closed form;
+    W = (W1, W2) or (W1, W2, b)."""
+    W1, W2 = W[:2]
     rows = slice(k * CPT, (k + 1) * CPT)
     Y = np.eye(CPT)[labels - k * CPT]
     H = X @ W1.T
-    Z = H @ W2[rows].T
+    Z = H @ W2[rows].T + (W[2][rows] if len(W) == 3 else 0.0)
     dZ = (1.0 / (1.0 + np.exp(-Z)) - Y) / Z.size
     dW2 = np.zeros_like(W2)
     dW2[rows] = dZ.T @ H
     dW1 = (dZ @ W2[rows]).T @ X
-    return dW1, dW2
+    if len(W) == 2:
+        return dW1, dW2
+    db = np.zeros_like(W[2])
+    db[rows] = dZ.sum(0)
+    return dW1, dW2, db
 
 
-def cfg_for(cfg_factory, variant, r, momentum=0.0):
+SWITCH_VALUES = {"task_start": ("base", "previous"), "meta_target": ("mean", "last"),
+                 "task_optimizer": ("per_task", "shared")}
+COMBINATIONS = [dict(zip(SWITCH_VALUES, values)) for values in
+                itertools.product(*SWITCH_VALUES.values())]
+
+
+def cfg_for(cfg_factory, variant="paper", r=1, momentum=0.0, **switches):
     return cfg_factory(variant=variant, r=r, optimizer="sgd", lr=LR, momentum=momentum,
-                       weight_decay=0.0, beta=1.0, num_class=4, class_per_task=CPT, num_task=2)
+                       weight_decay=0.0, beta=1.0, num_class=4, class_per_task=CPT, num_task=2,
+                       **switches)
 
 
 def numpy_weights(model):
-    return (model.features[0].weight.detach().numpy().copy(),
-            model.head.weight.detach().numpy().copy())
+    """(W1, W2), or (W1, W2, b) for a head with a bias."""
+    return tuple(p.detach().numpy().copy() for p in
+                 [model.features[0].weight] + list(model.head.parameters()))
 
 
-def expected_paper(W1, W2, X, y, r, eta):
-    """Every task from the base, r SGD steps; θ ← lerp(θ, mean θ_k, η), rows k ← lerp(φ_k)."""
+def expected(W, X, y, r, eta, task_start, meta_target, task_optimizer, mu=0.0, steps=1):
+    """``steps`` meta-steps of SGD (momentum ``mu``) on one batch, written out from the switches'
+    definitions: tasks in increasing order, each from the base or from where the previous one
+    stopped; one momentum buffer per task or one for all, kept across steps; then every weight
+    ← lerp(base, fast, η), fast = (mean θ_k, each task's φ_k rows and bias) or the last task's."""
     tasks = sorted(set((y // CPT).tolist()))
-    W1_fast, W2_new = np.zeros_like(W1), W2.copy()
-    for k in tasks:
-        m = (y // CPT) == k
-        a, b = W1.copy(), W2.copy()
-        for _ in range(r):
-            g1, g2 = grads(a, b, X[m], y[m], k)
-            a, b = a - LR * g1, b - LR * g2
-        W1_fast += a / len(tasks)
-        rows = slice(k * CPT, (k + 1) * CPT)
-        W2_new[rows] = (1 - eta) * W2[rows] + eta * b[rows]
-    return (1 - eta) * W1 + eta * W1_fast, W2_new
+    buffers = {}
+    for _ in range(steps):
+        live = [w.copy() for w in W]
+        fast = [np.zeros_like(W[0])] + [w.copy() for w in W[1:]]
+        for k in tasks:
+            if task_start == "base":
+                live = [w.copy() for w in W]
+            key = k if task_optimizer == "per_task" else "shared"
+            m = (y // CPT) == k
+            for _ in range(r):
+                g = grads(live, X[m], y[m], k)
+                v = g if key not in buffers else [mu * b + gi for b, gi in zip(buffers[key], g)]
+                buffers[key] = v
+                live = [w - LR * vi for w, vi in zip(live, v)]
+            rows = slice(k * CPT, (k + 1) * CPT)
+            fast[0] += live[0] / len(tasks)
+            for f, w in zip(fast[1:], live[1:]):  # the head's rows and bias entries of task k
+                f[rows] = w[rows]
+        if meta_target == "last":
+            fast = live
+        W = [(1 - eta) * w + eta * f for w, f in zip(W, fast)]
+    return W
 
 
-def expected_official(W1, W2, X, y, r, eta):
-    """Tasks one after another from the live weights; everything ← lerp(base, last, η)."""
-    a, b = W1.copy(), W2.copy()
-    for k in sorted(set((y // CPT).tolist())):
-        m = (y // CPT) == k
-        for _ in range(r):
-            g1, g2 = grads(a, b, X[m], y[m], k)
-            a, b = a - LR * g1, b - LR * g2
-    return (1 - eta) * W1 + eta * a, (1 - eta) * W2 + eta * b
-
-
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("r", [1, 2])
-@pytest.mark.parametrize("variant,expected", [("paper", expected_paper),
-                                              ("official", expected_official)])
-def test_meta_step_matches_hand_computation(cfg_factory, variant, expected, r):
-    model = Tiny()
-    W1, W2 = numpy_weights(model)
+@pytest.mark.parametrize("switches", COMBINATIONS, ids=lambda c: "-".join(c.values()))
+def test_meta_step_matches_hand_computation_for_every_switch(cfg_factory, switches, r, bias):
+    """Two meta-steps with SGD momentum (so that a shared optimizer state shows), every combination
+    of the three training switches, a head with and without a bias."""
+    model = Tiny(bias=bias)
+    W = numpy_weights(model)
     x, y = batch()
-    learner = MetaLearner(model, cfg_for(cfg_factory, variant, r), session=1)
+    learner = MetaLearner(model, cfg_for(cfg_factory, r=r, momentum=0.9, **switches), session=1)
     assert learner.eta == pytest.approx(math.exp(-0.5))
-    learner.meta_step(x, y)
-    want1, want2 = expected(W1, W2, x.numpy(), y.numpy(), r, learner.eta)
-    got1, got2 = numpy_weights(model)
-    np.testing.assert_allclose(got1, want1, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got2, want2, rtol=0, atol=1e-12)
+    for _ in range(2):
+        learner.meta_step(x, y)
+    want = expected(W, x.numpy(), y.numpy(), r, learner.eta, mu=0.9, steps=2, **switches)
+    for got, w in zip(numpy_weights(model), want):
+        np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
+    shared = switches["task_optimizer"] == "shared"
+    assert sorted(learner.optimizers, key=str) == (["shared"] if shared else [0, 1])
 
 
-def test_variants_differ(cfg_factory):
-    """Guards the test above: the two updates are not the same arithmetic on this batch."""
+@pytest.mark.parametrize("name", sorted(SWITCH_VALUES))
+def test_each_switch_alone_changes_the_update(name):
+    """Guards the test above: flipping any one switch from the paper's value changes the weights on
+    that batch, so a learner that ignored the switch could not pass it."""
     x, y = batch()
-    W1, W2 = numpy_weights(Tiny())
-    p1, p2 = expected_paper(W1, W2, x.numpy(), y.numpy(), 1, 0.6)
-    o1, o2 = expected_official(W1, W2, x.numpy(), y.numpy(), 1, 0.6)
-    assert np.abs(p1 - o1).max() > 1e-4 and np.abs(p2 - o2).max() > 1e-4
+    W = numpy_weights(Tiny(bias=True))
+    paper = {k: v[0] for k, v in SWITCH_VALUES.items()}
+    a = expected(W, x.numpy(), y.numpy(), 1, 0.6, mu=0.9, steps=2, **paper)
+    b = expected(W, x.numpy(), y.numpy(), 1, 0.6, mu=0.9, steps=2,
+                 **dict(paper, **{name: SWITCH_VALUES[name][1]}))
+    assert max(np.abs(u - v).max() for u, v in zip(a, b)) > 1e-4
 
 
-def test_paper_absent_task_keeps_base_rows(cfg_factory):
-    model = Tiny(num_task=3)
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_variants_are_presets_of_the_switches(cfg_factory, variant):
+    cfg = cfg_for(cfg_factory, variant)
+    want = {"paper": ("base", "mean", "per_task", False),
+            "official": ("previous", "last", "shared", True)}[variant]
+    assert (cfg.task_start, cfg.meta_target, cfg.task_optimizer, cfg.batch_forward) == want
+    alone = cfg_for(cfg_factory, variant, task_start="previous" if variant == "paper" else "base")
+    assert (alone.meta_target, alone.task_optimizer) == want[1:3]  # the others keep the preset
+
+
+def test_paper_absent_task_keeps_base_rows_and_bias(cfg_factory):
+    model = Tiny(num_task=3, bias=True)
     cfg = cfg_factory(variant="paper", r=1, optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.1,
                       beta=1.0, num_class=6, class_per_task=CPT, num_task=3)
-    before = model.head.weight.detach().clone()
+    before = [model.head.weight.detach().clone(), model.head.bias.detach().clone()]
     x = torch.tensor([[1.0, 0.5], [0.2, -0.7], [0.4, 0.4]], dtype=torch.float64)
     MetaLearner(model, cfg, session=2).meta_step(x, torch.tensor([0, 5, 4]))  # tasks 0 and 2
-    after = model.head.weight.detach()
-    assert torch.equal(after[2:4], before[2:4])          # task 1 absent: untouched (even by decay)
-    assert not torch.equal(after[0:2], before[0:2])
-    assert not torch.equal(after[4:6], before[4:6])
+    for after, old in zip([model.head.weight.detach(), model.head.bias.detach()], before):
+        assert torch.equal(after[2:4], old[2:4])     # task 1 absent: untouched (even by decay)
+        assert not torch.equal(after[0:2], old[0:2])
+        assert not torch.equal(after[4:6], old[4:6])
 
 
 def test_eta_first_session_is_one_and_decays():
@@ -134,39 +173,13 @@ def test_eta_first_session_is_one_and_decays():
 def test_session0_paper_step_is_plain_sgd_on_single_task(cfg_factory):
     """η = 1 and one task: the meta-update leaves exactly the inner-loop result."""
     model = Tiny()
-    W1, W2 = numpy_weights(model)
+    W = numpy_weights(model)
     x, y = batch()
     m = y < 2
     MetaLearner(model, cfg_for(cfg_factory, "paper", 1), session=0).meta_step(x[m], y[m])
-    g1, g2 = grads(W1, W2, x[m].numpy(), y[m].numpy(), 0)
-    np.testing.assert_allclose(numpy_weights(model)[0], W1 - LR * g1, atol=1e-12)
-    np.testing.assert_allclose(numpy_weights(model)[1], W2 - LR * g2, atol=1e-12)
-
-
-def test_paper_keeps_one_momentum_state_per_task(cfg_factory):
-    """Two batches with SGD momentum: task k's step uses task k's own momentum buffer only."""
-    mu = 0.9
-    model = Tiny()
-    W1, W2 = numpy_weights(model)
-    x, y = batch()
-    learner = MetaLearner(model, cfg_for(cfg_factory, "paper", 1, momentum=mu), session=1)
-    eta = learner.eta
-    buf = {}
-    for _ in range(2):
-        learner.meta_step(x, y)
-        W1_fast, W2_new = np.zeros_like(W1), W2.copy()
-        for k in (0, 1):
-            m = (y.numpy() // CPT) == k
-            g1, g2 = grads(W1, W2, x.numpy()[m], y.numpy()[m], k)
-            b1, b2 = (g1, g2) if k not in buf else (mu * buf[k][0] + g1, mu * buf[k][1] + g2)
-            buf[k] = (b1, b2)
-            W1_fast += (W1 - LR * b1) / 2
-            rows = slice(k * CPT, (k + 1) * CPT)
-            W2_new[rows] = (1 - eta) * W2[rows] + eta * (W2 - LR * b2)[rows]
-        W1, W2 = (1 - eta) * W1 + eta * W1_fast, W2_new
-    np.testing.assert_allclose(numpy_weights(model)[0], W1, atol=1e-12)
-    np.testing.assert_allclose(numpy_weights(model)[1], W2, atol=1e-12)
-    assert sorted(learner.optimizers) == [0, 1]
+    g = grads(W, x[m].numpy(), y[m].numpy(), 0)
+    for got, w, gi in zip(numpy_weights(model), W, g):
+        np.testing.assert_allclose(got, w - LR * gi, atol=1e-12)
 
 
 def test_official_shares_one_optimizer(cfg_factory):
@@ -175,22 +188,86 @@ def test_official_shares_one_optimizer(cfg_factory):
     assert list(learner.optimizers) == ["shared"]
 
 
-def test_batchnorm_statistics_follow_the_interpolation(cfg_factory):
+@pytest.mark.parametrize("batch_forward", [False, True])
+@pytest.mark.parametrize("meta_target", ["mean", "last"])
+def test_batchnorm_statistics_follow_the_switches(cfg_factory, meta_target, batch_forward):
+    """Tasks from the base (r = 1: each task's forward sees the base weights). batch_forward first
+    moves the statistics by the whole batch's mean; "mean" interpolates towards the tasks' mean
+    statistics, "last" keeps the last task's as they are (the release never interpolated them)."""
     model = Tiny(bn=True)
     bn = model.features[1]
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor([0.5, -0.25], dtype=torch.float64))
-    base_rm = bn.running_mean.clone().numpy()
+    rm = bn.running_mean.clone().numpy()
     W1 = model.features[0].weight.detach().numpy().copy()
     x, y = batch()
-    learner = MetaLearner(model, cfg_for(cfg_factory, "paper", 1), session=1)
+    X, Y = x.numpy(), y.numpy()
+    learner = MetaLearner(model, cfg_for(cfg_factory, "paper", 1, task_start="base",
+                                         meta_target=meta_target, batch_forward=batch_forward),
+                          session=1)
     learner.meta_step(x, y)
-    fast = []
-    for k in (0, 1):
-        h = x.numpy()[(y.numpy() // CPT) == k] @ W1.T
-        fast.append((1 - bn.momentum) * base_rm + bn.momentum * h.mean(0))
-    want = (1 - learner.eta) * base_rm + learner.eta * np.mean(fast, axis=0)
+    step = lambda stats, rows: (1 - bn.momentum) * stats + bn.momentum * (X[rows] @ W1.T).mean(0)
+    if batch_forward:
+        rm = step(rm, slice(None))  # the whole mini-batch, before the tasks: part of the base
+    fast = [step(rm, (Y // CPT) == k) for k in (0, 1)]
+    want = (1 - learner.eta) * rm + learner.eta * np.mean(fast, axis=0) if meta_target == "mean" \
+        else fast[-1]
     np.testing.assert_allclose(bn.running_mean.numpy(), want, atol=1e-12)
+    assert int(bn.num_batches_tracked) == 2 + batch_forward
+
+
+def test_batch_forward_moves_no_weight(cfg_factory):
+    """The release's extra forward changes BatchNorm statistics only: with r = 1 and one task, the
+    weights equal those of a step without it, whose forward saw the same weights."""
+    x, y = batch()
+    m = y < 2
+    results = []
+    for batch_forward in (False, True):
+        model = Tiny(bn=True)
+        MetaLearner(model, cfg_for(cfg_factory, "paper", 1, batch_forward=batch_forward),
+                    session=1).meta_step(x[m], y[m])
+        results.append(model)
+    # Training-mode BatchNorm normalises with the batch's own statistics, not the running ones,
+    # so the forward's changed running statistics cannot change the gradients.
+    for a, b in zip(results[0].parameters(), results[1].parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(results[0].features[1].running_mean,
+                           results[1].features[1].running_mean)
+
+
+class ConvNorms(nn.Module):
+    """A 2×2 map through a BatchNorm, then a 1×1 map through another."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2),
+                                      nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(2), nn.Flatten())
+        self.head = nn.Linear(2, 4)
+
+
+def test_one_sample_keeps_batch_statistics_where_a_channel_has_several_values():
+    """One image: the BatchNorm on its 2×2 map normalises with that map's statistics and moves its
+    running statistics (as the release's train mode did); the BatchNorm on the 1×1 map, one value
+    a channel, uses and keeps its running statistics. Both are in training mode afterwards."""
+    torch.manual_seed(0)
+    net = ConvNorms().train()
+    conv, map_norm, _, vector_norm, _ = net.features
+    before = [map_norm.running_mean.clone(), vector_norm.running_mean.clone()]
+    x = torch.randn(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        net.features(x)  # unguarded, the 1×1 map cannot be normalised
+    with single_sample_guard(net, 1):
+        out = net.features(x)
+    with torch.no_grad():
+        h = conv(x)
+        mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+        normed = (h - mean[:, None, None]) / torch.sqrt(var[:, None, None] + map_norm.eps)
+        pooled = normed.mean(dim=(2, 3))  # γ = 1, β = 0
+        want = pooled / math.sqrt(1 + vector_norm.eps)  # running mean 0, var 1
+    torch.testing.assert_close(out, want)
+    assert not torch.equal(map_norm.running_mean, before[0])
+    assert torch.equal(vector_norm.running_mean, before[1])
+    assert map_norm.training and vector_norm.training
 
 
 def test_task_with_one_sample_steps_on_running_statistics(cfg_factory):
