@@ -132,3 +132,67 @@ def test_predict_tasks_averages_over_the_continuum():
 def test_accuracy_in_percent():
     assert L.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 75.0
     assert np.isnan(L.accuracy(torch.tensor([]), torch.tensor([])))
+
+
+# ---------------------------------------------------------------- mutations a reviewer would try
+
+class Recorder(Echo):
+    """Echo that records every input it trains on (a class attribute: adapt deep-copies models)."""
+    seen = []
+
+    def forward(self, x):
+        if self.training:
+            Recorder.seen.append(x.detach().clone())
+        return super().forward(x)
+
+
+def test_single_update_trains_on_the_tasks_exemplars_from_the_training_set_with_training_transforms(
+        cfg_factory):
+    """Training, plain-training and test samples all differ (the training transform adds 100), so
+    the adapted copy's inputs show where they came from: the training set, through its training
+    transform, and only task k's exemplars."""
+    cfg = cfg_factory(num_class=4, class_per_task=2, num_task=2, continuum=4, adapt_epochs=1,
+                      test_batch=3, adapt_batch=2)
+    train_x = torch.arange(32, dtype=torch.float32).reshape(8, 4)
+    train = TensorData(train_x, LABELS, transform=lambda x: x + 100.0)
+    plain = TensorData(train_x, LABELS)
+    test = TensorData(-train_x - 1.0, LABELS)
+    data = IncrementalData(cfg, source=Source(train, plain, test, train.labels, test.labels, 4, (4,)))
+    memory = ReplayMemory(4)  # one exemplar a class
+    memory.update(data, [0, 1, 2, 3], session=1)
+    Recorder.seen = []
+    L.adapt(Recorder(), data, memory, 1, cfg, "cpu", seed=0)
+    got = sorted(map(tuple, torch.cat(Recorder.seen).tolist()))
+    want = sorted(tuple((train_x[i] + 100.0).tolist()) for i in memory.indices([2, 3]))
+    assert got == want and len(want) == 2
+
+
+def test_task_of_a_continuum_is_the_mean_of_each_samples_slice_maximum(cfg_factory):
+    """Task 0's continuum is task 0 by the mean over its samples of each sample's largest logit in a
+    slice (4 against 3.5), but task 1 by the largest logit of any sample (4 against 5) and by the
+    largest of the mean logits (2 against 3.5)."""
+    cfg = cfg_factory(num_class=4, class_per_task=2, num_task=2, continuum=4, adapt_epochs=0,
+                      test_batch=3, adapt_batch=2)
+    logits = torch.tensor([[4.0, 0.0, 5.0, 5.0], [0.0, 4.0, 3.0, 3.0], [4.0, 0.0, 3.0, 3.0],
+                           [0.0, 4.0, 3.0, 3.0],                                    # task 0
+                           [0.0, 0.0, 6.0, 0.0], [0.0, 0.0, 0.0, 6.0], [0.0, 0.0, 6.0, 0.0],
+                           [0.0, 0.0, 0.0, 6.0]])                                   # task 1
+    samples = TensorData(logits, LABELS[:2] * 2 + LABELS[4:6] * 2)
+    data = IncrementalData(cfg, source=Source(samples, samples, samples, samples.labels,
+                                              samples.labels, 4, (4,)))
+    memory = ReplayMemory(8)
+    memory.update(data, [0, 1, 2, 3], session=1)
+    res = L.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    assert res["task_prediction_acc"] == 100.0 and res["acc_task_agnostic"] == 100.0
+    assert res["task_prediction_acc_per_sample"] == 87.5  # sample 0 alone looks like task 1
+
+
+def test_single_update_uses_adapt_lr_not_lr(cfg_factory):
+    """One Adam step from zero moments moves each weight by lr·g/(|g| + ε), about ``adapt_lr``
+    wherever the gradient is not tiny; the inner loop's ``lr`` is 500 times larger here."""
+    cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
+    cfg.lr, cfg.adapt_lr, cfg.adapt_batch = 0.5, 1e-3, 8  # one batch: task 1's 4 exemplars
+    base = Echo()
+    adapted = L.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
+    moved = (adapted.head.weight - base.head.weight).abs()
+    assert moved.max().item() == pytest.approx(1e-3, rel=1e-3)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from utils.checkpoint import sha256
+from utils.config import check_args
 from utils.errors import ConfigError
 from utils.session import run
 
@@ -368,3 +369,27 @@ def test_ctrl_c_just_after_a_record_names_the_next_session(small_args, monkeypat
         run(small_args, 0, "train_digits.py")
     assert "resume with `python3 train_digits.py 2`" in open(
         os.path.join(small_args.checkpoint, "log.txt")).read()
+
+
+def test_session_t_trains_on_its_task_and_the_memory_of_session_t_minus_1(small_args, monkeypatch):
+    """Alg. 1: session t's mini-batches come from D(t) ∪ M(t−1). Choosing M(t) first would add task
+    t's own exemplars and shrink the older classes' share before training."""
+    import learner_task_itaml as L
+    from incremental_dataloader import IncrementalData
+    seen = {}
+    real = L.MetaLearner.train_session
+
+    def spy(self, loader, desc="train"):
+        seen[self.session] = sorted(loader.dataset.indices)
+        return real(self, loader, desc)
+    monkeypatch.setattr(L.MetaLearner, "train_session", spy)
+    run(small_args, 0, "train_digits.py")
+    data = IncrementalData(check_args(small_args))
+    for t in (1, 2):
+        memory = json.load(open(os.path.join(small_args.savepoint, f"session_{t - 1}_memory.json")))
+        kept = [i for indices in memory["exemplars"].values() for i in indices]
+        classes = 2 * t  # M(t−1): every class of tasks 0..t−1, an equal share of the budget each
+        assert len(memory["exemplars"]) == classes
+        assert len(kept) == small_args.memory // classes * classes
+        assert seen[t] == sorted(data.task_indices(t).tolist() + kept)
+    assert seen[0] == sorted(data.task_indices(0).tolist())
