@@ -3,7 +3,7 @@
 ``paper_step`` and ``official_step`` show how the learner wires utils.distributed into one
 mini-batch of Alg. 1 (plain SGD inner loops, so the expected values can be computed independently);
 ``single_process_paper_step`` transcribes the current single-process arithmetic of
-``MetaLearner._paper_fast_weights`` for the one-process comparison.
+``learner_task_itaml._MeanOfTasks`` for the one-process comparison.
 """
 import datetime
 import os

@@ -9,7 +9,7 @@ import pytest
 
 from utils.config import SCHEMA, check_args
 from utils.errors import ConfigError
-from utils.manifest import UNSAFE, git_state, plain
+from utils.manifest import UNSAFE, check_resume, git_state, plain
 from utils.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +100,8 @@ def test_safe_changes_are_allowed_logged_and_recorded(resumable):
     ({"variant": "official"}, "variant"), ({"class_order": "shuffled"}, "class_order"),
     ({"dataset": "mnist"}, "dataset"), ({"num_class": 6, "num_task": 3}, "num_class"),
     ({"class_per_task": 1, "num_task": 4}, "class_per_task"),
+    ({"task_start": "previous"}, "task_start"), ({"meta_target": "last"}, "meta_target"),
+    ({"task_optimizer": "shared"}, "task_optimizer"), ({"batch_forward": True}, "batch_forward"),
 ])
 def test_a_change_of_experiment_is_refused_naming_the_field(resumable, over, field):
     before = snapshot(os.path.dirname(resumable.checkpoint))
@@ -108,6 +110,44 @@ def test_a_change_of_experiment_is_refused_naming_the_field(resumable, over, fie
                                           rf"change {UNSAFE[field]}, so set it back"):
         run(type("args", (resumable,), over), 1, "train_digits.py")
     assert snapshot(os.path.dirname(resumable.checkpoint)) == before  # nothing written
+
+
+def record_of(cfg, **drop_or_set):
+    """A session record's args as check_resume reads them: ``field=None`` drops the field (a
+    record older than it), any other value sets it."""
+    saved = plain(cfg)
+    for field, value in drop_or_set.items():
+        saved.pop(field) if value is None else saved.__setitem__(field, value)
+    return {"args": saved}
+
+
+def test_augmentation_is_fixed_on_resume_where_it_changes_the_images(cfg_factory):
+    cifar = cfg_factory(dataset="cifar100", num_class=100, class_per_task=10, num_task=10,
+                        memory=2000)
+    with pytest.raises(ConfigError, match=r"args.augmentation = 'release' but the finished "
+                                          r"sessions used 'corrected' .* change the images' "
+                                          r"augmentation and normalisation"):
+        check_resume(cifar, record_of(cifar, augmentation="corrected"), "s.json", None)
+    digits = cfg_factory()  # digits are only normalised: either setting reads them alike
+    assert check_resume(digits, record_of(digits, augmentation="corrected"), "s.json", None) == \
+        {"augmentation": ["corrected", "release"]}
+
+
+@pytest.mark.parametrize("variant,changed", [("paper", {}), ("official", {"batch_forward"})])
+def test_a_record_older_than_the_switches_reads_as_what_it_ran(cfg_factory, variant, changed):
+    """Before the switches, "paper" was today's paper preset and "official" today's less the
+    extra forward; before augmentation there was only "corrected"."""
+    cfg = cfg_factory(variant=variant, augmentation="corrected")
+    old = record_of(cfg, task_start=None, meta_target=None, task_optimizer=None,
+                    batch_forward=None, augmentation=None)
+    if not changed:
+        assert check_resume(cfg, old, "s.json", None) == {}
+        return
+    with pytest.raises(ConfigError, match=r"args.batch_forward = True but the finished sessions "
+                                          r"used False"):
+        check_resume(cfg, old, "s.json", None)
+    assert check_resume(cfg_factory(variant=variant, augmentation="corrected",
+                                    batch_forward=False), old, "s.json", None) == {}
 
 
 def test_every_unsafe_field_is_a_field():

@@ -167,10 +167,11 @@ def check_args(args):
 
 
 def describe_training(cfg):
-    """The variant, and any switch set away from it: 'official', or "paper, task_start='previous'"."""
+    """The variant and any switch set away from it: "official variant", or
+    "paper variant, task_start='previous'"."""
     changed = [f"{name}={getattr(cfg, name)!r}" for name, preset in VARIANTS[cfg.variant].items()
                if getattr(cfg, name) != preset]
-    return ", ".join([cfg.variant] + changed)
+    return ", ".join([f"{cfg.variant} variant"] + changed)
 
 
 def _check_split(cfg):

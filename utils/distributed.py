@@ -6,7 +6,8 @@ exactly what it computed before. Under ``torchrun`` each rank trains on its shar
 mini-batch and the ranks meet in a fixed number of collective calls per step, whatever their shards
 hold, so none can wait for a call another rank skips.
 
-The meta-update (Alg. 1, the "paper" variant) on a global mini-batch B split into shards B_r:
+The meta-update (Alg. 1, ``meta_target = "mean"``, the "paper" variant's) on a global mini-batch B
+split into shards B_r:
 
 - every rank runs the inner loop of each task k present in ITS shard, from the same base weights,
   giving θ_k^r, φ_k^r (and BatchNorm statistics, treated like θ);
@@ -26,15 +27,15 @@ The meta-update (Alg. 1, the "paper" variant) on a global mini-batch B split int
 - One process: n_k = 1 and m_k^r = M_k, so w_k^r = 1.0 and w_k^r/K = 1.0/K exactly; θ_fast is the
   running sum of θ_k/K over the batch's tasks, task k's slice is φ_k, the others keep the base, and
   the all-reduce is skipped: accumulated with these weights (see tests/dist_workers.py, paper_step),
-  the same numbers, bit for bit, as the single-process ``MetaLearner._paper_fast_weights``.
+  the same numbers, bit for bit, as the single-process ``learner_task_itaml._MeanOfTasks``.
 - "samples" makes one plain-SGD inner step (r = 1, no momentum yet) on the shards equal to that step
   on the whole global batch, because the loss is a mean over samples; "ranks" weighs every rank
   that saw the task alike. Both agree when shards are balanced. The learner uses "samples": a rank
   holding one sample of a task should not move that task as much as a rank holding thirty (see the
   README's torchrun section for what each gave on the digits demo).
 
-The "official" variant (tasks one after another from the live weights, then interpolation towards
-them) becomes: each rank runs its shard's tasks, then the live weights and BatchNorm statistics are
+``meta_target = "last"`` (the "official" variant's: interpolation towards the live weights the last
+task left) becomes: each rank runs its shard's tasks, then the live weights and BatchNorm statistics are
 averaged over the ranks (:func:`all_reduce_mean_`) before the interpolation. With one rank, the mean
 of one tensor is the tensor.
 
@@ -270,7 +271,7 @@ def all_reduce_sum_(tensors, ctx):
 
 @torch.no_grad()
 def all_reduce_mean_(tensors, ctx):
-    """Mean of each tensor over the ranks, in place (the official variant's live weights)."""
+    """Mean of each tensor over the ranks, in place (the live weights of meta_target "last")."""
     if ctx.enabled:
         all_reduce_sum_(tensors, ctx)
         torch._foreach_div_(list(tensors), float(ctx.world_size))

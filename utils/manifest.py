@@ -40,6 +40,7 @@ UNSAFE = {
     "batch_forward": "the BatchNorm statistics the meta-update keeps",
     "augmentation": "the images' augmentation and normalisation the saved weights were trained on",
 }
+UNAUGMENTED = ("mnist", "digits")  # normalised only, the same under either augmentation setting
 # What a record from before a field existed ran with, where that differs from the field's default.
 # Before these fields there was one set of pipelines, and no variant made the extra forward.
 BEFORE_FIELD = {"augmentation": "corrected", "batch_forward": False}
@@ -108,6 +109,8 @@ def _listed_classes(path, count):
 
 def _equivalent(field, old, new, cfg, saved_names):
     """Whether a changed value still means the same experiment."""
+    if field == "augmentation":
+        return cfg.dataset in UNAUGMENTED  # both settings read these the same way
     if field != "class_order" or "natural" in (old, new) or "shuffled" in (old, new):
         return False
     # A class list may move (another machine); what counts is the classes it names, in order.

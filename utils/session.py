@@ -17,7 +17,7 @@ from learner_task_itaml import MetaLearner, evaluate
 from resnet import build_network
 from utils.checkpoint import RunStore, write_json, write_text
 from utils import distributed
-from utils.config import check_args
+from utils.config import check_args, describe_training
 from utils.errors import ConfigError
 from utils.logger import get_logger, quiet_logger
 from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
@@ -131,7 +131,7 @@ def _start_line(cfg, store, start, device, ctx):
     where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
              f"{store.memory_file(start - 1)})" if start else "starting afresh")
     ranks = f" × {ctx.world_size} ranks (torchrun)" if ctx.enabled else ""
-    return (f"{store.script}: iTAML ({cfg.variant} variant) on {cfg.dataset}, sessions {start}.."
+    return (f"{store.script}: iTAML ({describe_training(cfg)}) on {cfg.dataset}, sessions {start}.."
             f"{cfg.num_task - 1} on {device}{ranks}, {where}; results to {cfg.checkpoint}, weights "
             f"to {cfg.savepoint}")
 
