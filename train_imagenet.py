@@ -24,7 +24,12 @@ class args:
     memory = 2000                       # exemplars kept in total (20000 for ImageNet-1K)
     selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
 
-    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    variant = "official"                # the release's training, which made the paper's numbers;
+                                        # "paper": Alg. 1 as printed (README: the differences)
+    task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
+    meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
+    task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
+    batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
     r = 1                               # inner-loop optimizer steps per task and mini-batch
 
@@ -44,7 +49,8 @@ class args:
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
-    image_size = 224                    # side of the square crops (ResNet-18's stem adapts to it)
+    augmentation = "release"            # the release's pipeline and statistics; "corrected": ours
+    image_size = None                   # None: the pipeline's crop (release 112 px, corrected 224)
     channels_last = True                # convolutions in channels-last memory layout (faster)
     amp = False                         # bf16 autocast of forward passes (GPU only)
     compile = False                     # torch.compile the inner loop's forward (GPU only)

@@ -17,7 +17,12 @@ class args:
     memory = 2000                       # exemplars kept in total, split equally over seen classes
     selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
 
-    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    variant = "official"                # the release's training, which made the paper's numbers;
+                                        # "paper": Alg. 1 as printed (README: the differences)
+    task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
+    meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
+    task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
+    batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 0.5                          # η = exp(−beta·t/num_task), t the 0-based session (release)
     r = 1                               # inner-loop optimizer steps per task and mini-batch
 
@@ -37,6 +42,7 @@ class args:
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    augmentation = "release"            # no augmentation either way: "release" or "corrected" alike
     image_size = None                   # fixed by the data set (only image-file data sets resize)
     channels_last = False               # no convolutions: nothing to lay out
     amp = False                         # bf16 autocast of forward passes (GPU only)

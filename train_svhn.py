@@ -1,6 +1,8 @@
 """iTAML on SVHN, 5 tasks of 2 digits (the paper's setting): `python3 train_svhn.py [start_task]`.
 
-Digits are not flipped in augmentation (the release flipped them; see the README).
+As shipped, the release's training and augmentation: random crops, rotations and horizontal flips,
+and ImageNet's statistics. A mirrored digit is another symbol: `augmentation = "corrected"` drops the
+flip and normalises with SVHN's own statistics.
 """
 from utils.session import main
 
@@ -20,7 +22,12 @@ class args:
     memory = 2000                       # exemplars kept in total, split equally over seen classes
     selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
 
-    variant = "paper"                   # "paper" (Alg. 1) or "official" (the release's behaviour)
+    variant = "official"                # the release's training, which made the paper's numbers;
+                                        # "paper": Alg. 1 as printed (README: the differences)
+    task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
+    meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
+    task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
+    batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
     r = 1                               # inner-loop steps per task and mini-batch (release: 1, 4 at the end)
 
@@ -40,6 +47,7 @@ class args:
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
+    augmentation = "release"            # the release's pipeline and statistics; "corrected": ours
     image_size = None                   # fixed 32×32 (only image-file data sets resize)
     channels_last = True                # convolutions in channels-last memory layout (faster)
     amp = False                         # bf16 autocast of forward passes (GPU only)
