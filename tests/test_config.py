@@ -1,8 +1,9 @@
 """Every bad ``args`` gets one sentence naming the field, before any data is read."""
 import pytest
 
+import importlib
+
 import train_digits
-import train_mnist
 from utils.config import SCHEMA, check_args
 from utils.errors import ConfigError
 from utils.session import parse_start, resolve_device, run
@@ -12,8 +13,9 @@ def shrunk(**over):
     return type("args", (train_digits.args,), over)
 
 
-@pytest.mark.parametrize("script", [train_digits, train_mnist])
-def test_shipped_args_are_valid_and_complete(script):
+@pytest.mark.parametrize("name", ["digits", "mnist", "svhn", "cifar", "imagenet", "celeb", "cub"])
+def test_shipped_args_are_valid_and_complete(name):
+    script = importlib.import_module(f"train_{name}")
     cfg = check_args(script.args)
     assert set(vars(cfg)) == set(SCHEMA)
     assert all(hasattr(script.args, name) for name in SCHEMA)  # every field written out
@@ -29,6 +31,11 @@ def test_shipped_args_are_valid_and_complete(script):
     ({"class_order": "nowhere/classes.txt"}, r"args.class_order = 'nowhere/classes.txt' is invalid; it must be 'natural', 'shuffled' or the path of an existing text file"),
     ({"optimizer": "adagrad"}, r"args.optimizer = 'adagrad' is invalid; it must be one of 'sgd', 'adam', 'radam'"),
     ({"variant": "reptile"}, r"args.variant = 'reptile' is invalid; it must be one of 'paper', 'official'"),
+    ({"task_start": "middle"}, r"args.task_start = 'middle' is invalid; it must be None \(the variant's choice\) or one of 'base', 'previous'"),
+    ({"meta_target": "median"}, r"args.meta_target = 'median' is invalid; it must be None \(the variant's choice\) or one of 'mean', 'last'"),
+    ({"task_optimizer": "each"}, r"args.task_optimizer = 'each' is invalid; it must be None \(the variant's choice\) or one of 'per_task', 'shared'"),
+    ({"batch_forward": 1}, r"args.batch_forward = 1 is invalid; it must be None \(the variant's choice\), True or False"),
+    ({"augmentation": "none"}, r"args.augmentation = 'none' is invalid; it must be one of 'release', 'corrected'"),
     ({"selection": "kmeans"}, r"args.selection = 'kmeans' is invalid"),
     ({"class_order": "random"}, r"args.class_order = 'random' is invalid"),
     ({"lr": "0.1"}, r"args.lr = '0.1' is invalid; it must be a number > 0.0"),
