@@ -1,12 +1,14 @@
 """Every data set of the paper as read from disk: one reader per ``args.dataset``, each returning a Source.
 
 torchvision reads what it knows (MNIST, CIFAR-100, SVHN, ``ImageFolder`` trees for ImageNet and
-MS-Celeb) and downloads what it can; CUB-200-2011's text files are read here. When data are absent and
-cannot be had, the error names the data set, ``args.data_path``, the expected layout and where to get it.
+MS-Celeb) and downloads what it can; CUB-200-2011's text files and MS-Celeb-1M's identity folders are
+read here. When data are absent and cannot be had, the error names the data set, ``args.data_path``, the
+expected layout and where to get it. Each data set's transforms follow ``args.augmentation``: "release"
+as the authors' code had them, "corrected" as the README explains (``pipeline``).
 """
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -20,19 +22,40 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# Side of the square crops the networks see when args.image_size is None.
-DEFAULT_IMAGE_SIZE = {"imagenet": 224, "celeb": 112, "cub200": 224}
+# The release's CIFAR-100 values, a little off the published ones; it normalised MS-Celeb with them too.
+RELEASE_CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+ESTIMATED = "estimated"  # statistics measured on STATS_SAMPLE training images when the data are read
 STATS_SAMPLE = 500  # training images that estimate CUB's and MS-Celeb's channel statistics
+# The statistics each pipeline normalises with (None: it does not normalise); MNIST's and the
+# digits' are the same under both settings (their readers).
+STATS = {
+    "release": {"cifar100": RELEASE_CIFAR100_STATS, "svhn": IMAGENET_STATS,
+                "imagenet": IMAGENET_STATS, "celeb": RELEASE_CIFAR100_STATS, "cub200": None},
+    "corrected": {"cifar100": CIFAR100_STATS, "svhn": SVHN_STATS, "imagenet": IMAGENET_STATS,
+                  "celeb": ESTIMATED, "cub200": ESTIMATED},
+}
+# Side of the square images the networks see: fixed by the data set, or for the image-file data sets
+# args.image_size, else the crop of the chosen pipeline (the release cropped ImageNet to 112).
+FIXED_SIZE = {"mnist": 28, "digits": 8, "cifar100": 32, "svhn": 32}
+DEFAULT_IMAGE_SIZE = {"release": {"imagenet": 112, "celeb": 112, "cub200": 224},
+                      "corrected": {"imagenet": 224, "celeb": 112, "cub200": 224}}
+
+
+def image_size(cfg):
+    """The side of the square images ``cfg``'s network sees."""
+    if cfg.dataset in FIXED_SIZE:
+        return FIXED_SIZE[cfg.dataset]
+    return cfg.image_size or DEFAULT_IMAGE_SIZE[cfg.augmentation][cfg.dataset]
 
 
 @dataclass
 class Tensors:
     """A small data set as two tensors, for ``args.gpu_data``: images N×C×H×W, either uint8 (scaled to
     [0, 1] and normalised with ``stats`` batch by batch) or float (already normalised, ``stats`` None),
-    and the augmentation of the training set: "cifar", "digits" or None (see ``augment_batch``)."""
+    and the training set's ``Augmentation`` (None: none; see ``augment_batch``)."""
     train: torch.Tensor
     test: torch.Tensor
-    augment: str = None
+    augment: "Augmentation" = None
     stats: tuple = None
 
 
@@ -97,48 +120,124 @@ class ImageFiles(Dataset):
 
 # ------------------------------------------------------------------ transforms
 
-# The augmentation of the in-memory data sets, shared by the torchvision transforms and by
+@dataclass(frozen=True)
+class Augmentation:
+    """The random part of a training pipeline, in this order: a crop of side ``size`` (RandomCrop of
+    the image zero-padded by ``padding``, or RandomResizedCrop when ``padding`` is None), a horizontal
+    flip, a rotation of up to ``degrees`` (0: none) and a brightness jitter (0: none). RandomRotation
+    keeps torchvision's defaults: nearest neighbour, zero fill."""
+    padding: int = None
+    flip: bool = False
+    degrees: float = 0
+    brightness: float = 0
+
+    def transforms(self, size):
+        """The torchvision transforms, for crops of side ``size``."""
+        from torchvision import transforms as T
+        crop = T.RandomResizedCrop(size) if self.padding is None \
+            else T.RandomCrop(size, padding=self.padding)
+        return ([crop] + [T.RandomHorizontalFlip()] * self.flip
+                + [T.RandomRotation(self.degrees)] * bool(self.degrees)
+                + [T.ColorJitter(brightness=self.brightness)] * bool(self.brightness))
+
+
+RELEASE_DEGREES = 10  # every training pipeline of the release rotated by up to 10°
+# The augmentation of the data sets held in memory, read both by their torchvision transforms and by
 # augment_batch (args.gpu_data), so the two draw from the same distribution.
-PADDING = {"cifar": 4, "digits": 2}  # the random crops' padding
-MAX_DEGREES = 10  # the digits' random rotation
+IN_MEMORY_AUGMENT = {
+    "release": {"cifar100": Augmentation(4, flip=True, degrees=RELEASE_DEGREES),
+                "svhn": Augmentation(4, flip=True, degrees=RELEASE_DEGREES)},
+    # Digits are never flipped: a mirrored 2 or 5 is no longer that digit.
+    "corrected": {"cifar100": Augmentation(4, flip=True),
+                  "svhn": Augmentation(2, degrees=10)},
+}
+# The release's (crop, train resize, test resize) sides of its scale-augmented pipelines; at another
+# args.image_size both resize sides keep their ratio to the crop.
+RELEASE_RESIZE = {"imagenet": (112, 120, 115), "cub200": (224, 230, 230)}
+CUB_BRIGHTNESS = 63 / 255  # the release's ColorJitter on CUB
 
 
-def _transforms(kind, size, stats):
-    """(train, test) transforms. Digits are never flipped: a mirrored 2 or 5 is no longer that digit
-    (the release flipped SVHN; see the README)."""
+@dataclass
+class Pipeline:
+    """One data set's transforms under one args.augmentation. Training: ``train_prep``, ``augment``,
+    ToTensor, Normalize(``stats``); testing: ``test_prep``, ToTensor, Normalize(``stats``).
+    ``stats`` None: no normalisation (the release's CUB); ESTIMATED: see ``estimate_stats``."""
+    size: int
+    augment: Augmentation
+    stats: object
+    train_prep: list = field(default_factory=list)
+    test_prep: list = field(default_factory=list)
+
+    def transforms(self):
+        """(train, test) torchvision transforms."""
+        from torchvision import transforms as T
+        tail = [T.ToTensor()] + ([T.Normalize(*self.stats)] if self.stats else [])
+        return (T.Compose(self.train_prep + self.augment.transforms(self.size) + tail),
+                T.Compose(self.test_prep + tail))
+
+
+def pipeline(dataset, setting, size):
+    """The Pipeline of ``dataset`` (one with images: not MNIST, not the digits) under
+    args.augmentation = ``setting`` for ``size``-px crops: "release" as the authors' code had it,
+    "corrected" as the README explains."""
+    stats = STATS[setting][dataset]
+    if dataset in IN_MEMORY_AUGMENT[setting]:
+        return Pipeline(size, IN_MEMORY_AUGMENT[setting][dataset], stats)
+    if dataset == "celeb":
+        return _faces(setting, size, stats)
+    return _objects(dataset, setting, size, stats)
+
+
+def _faces(setting, size, stats):
+    """Aligned faces: a padded shift and a mirror, no rescaling. Resizing to the crop side lets other
+    sizes batch; on the release's 112-px faces at 112 it is a no-op (PIL returns a copy)."""
     from torchvision import transforms as T
-    normalise = [T.ToTensor(), T.Normalize(*stats)]
-    if kind == "cifar":
-        train = [T.RandomCrop(size, padding=PADDING[kind]), T.RandomHorizontalFlip()]
-        test = []
-    elif kind == "digits":
-        train = [T.RandomCrop(size, padding=PADDING[kind]), T.RandomRotation(MAX_DEGREES)]
-        test = []
-    elif kind == "objects":  # ImageNet and CUB: the usual scale-augmented crops, centre crop to test
-        train = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
-        test = [T.Resize(size * 8 // 7), T.CenterCrop(size)]
-    else:  # faces: aligned, so a padded shift and a mirror, no rescaling
-        train = [T.Resize((size, size)), T.RandomCrop(size, padding=size // 14),
-                 T.RandomHorizontalFlip()]
-        test = [T.Resize((size, size))]
-    return T.Compose(train + normalise), T.Compose(test + normalise)
+    square = [T.Resize((size, size))]
+    if setting == "release":
+        return Pipeline(size, Augmentation(4, flip=True, degrees=RELEASE_DEGREES), stats, square,
+                        square)
+    return Pipeline(size, Augmentation(size // 14, flip=True), stats, square, square)
 
 
+def _objects(dataset, setting, size, stats):
+    """ImageNet and CUB: scale-augmented crops to train, a centre crop to test."""
+    from torchvision import transforms as T
+    if setting == "corrected":
+        return Pipeline(size, Augmentation(flip=True), stats, [],
+                        [T.Resize(size * 8 // 7), T.CenterCrop(size)])
+    crop, train_side, test_side = RELEASE_RESIZE[dataset]
+    brightness = CUB_BRIGHTNESS if dataset == "cub200" else 0
+    return Pipeline(size, Augmentation(flip=True, degrees=RELEASE_DEGREES, brightness=brightness),
+                    stats, [T.Resize(round(size * train_side / crop))],
+                    [T.Resize(round(size * test_side / crop)), T.CenterCrop(size)])
 
 
-def augment_batch(x, kind, generator):
-    """``_transforms``' training augmentation on a batch of [0, 1] images N×C×H×W, on its device:
-    a random crop of the zero-padded image, then a horizontal flip ("cifar") or a rotation of up to
-    10° about the centre with nearest-neighbour sampling and zero fill ("digits"). The random draws
-    come from the host ``generator``; the distribution is torchvision's, the draws are not."""
-    if kind is None:
+def augment_batch(x, augment, generator):
+    """An in-memory data set's ``Augmentation`` on a batch of [0, 1] images N×C×H×W, on its device, in
+    the transforms' order: a random crop of the zero-padded image, a horizontal flip, a rotation
+    about the centre with nearest-neighbour sampling and zero fill (RandomRotation on a PIL image).
+    The random draws come from the host ``generator``; the distribution is torchvision's, the draws
+    are not."""
+    if augment is None:
         return x
-    x = random_crop(x, PADDING[kind], generator)
+    x = random_crop(x, augment.padding, generator)
+    if augment.flip:
+        x = random_flip(x, generator)
+    if augment.degrees:
+        x = random_rotation(x, augment.degrees, generator)
+    return x
+
+
+def random_flip(x, generator):
+    """Each image mirrored left-right with probability 1/2 (RandomHorizontalFlip)."""
+    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_rotation(x, degrees, generator):
+    """Each image rotated by an angle drawn uniformly in [-degrees, degrees] (RandomRotation)."""
     n = len(x)
-    if kind == "cifar":
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_DEGREES)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1),
                          torch.stack([sin, cos, torch.zeros(n)], 1)], 1).to(x.device, x.dtype)
@@ -165,10 +264,11 @@ def normalise_batch(x, stats):
     return (x - mean) / std
 
 
-def estimate_stats(samples, size, kind, count=STATS_SAMPLE):
-    """Per-channel mean and std of up to ``count`` training images seen through the test transform.
-    The sample is fixed, so a resumed run normalises exactly as the first one did."""
-    plain = _transforms(kind, size, ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))[1]
+def estimate_stats(samples, pipe, count=STATS_SAMPLE):
+    """Per-channel mean and std of up to ``count`` training images seen through ``pipe``'s test
+    transform. The sample is fixed, so a resumed run normalises exactly as the first one did."""
+    from torchvision import transforms as T
+    plain = T.Compose(pipe.test_prep + [T.ToTensor()])
     chosen = np.random.RandomState(0).permutation(len(samples))[:count]
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
@@ -251,11 +351,11 @@ def load_digits(cfg):
                   [str(d) for d in range(10)], Tensors(train.x, test.x))
 
 
-def _array_source(train_images, train_labels, test_images, test_labels, names, kind, stats):
-    train_tf, test_tf = _transforms(kind, train_images.shape[1], stats)
+def _array_source(train_images, train_labels, test_images, test_labels, names, pipe):
+    train_tf, test_tf = pipe.transforms()
     # Views of the arrays (N×H×W×C memory seen as N×C×H×W): no copy unless args.gpu_data asks.
     tensors = Tensors(*(torch.from_numpy(images).permute(0, 3, 1, 2)
-                        for images in (train_images, test_images)), kind, stats)
+                        for images in (train_images, test_images)), pipe.augment, pipe.stats)
     return Source(ImageArray(train_images, train_labels, train_tf),
                   ImageArray(train_images, train_labels, test_tf),
                   ImageArray(test_images, test_labels, test_tf),
@@ -274,7 +374,7 @@ def load_cifar100(cfg):
         "https://www.cs.toronto.edu/~kriz/cifar.html") for train in (True, False)]
     train, test = splits
     return _array_source(train.data, train.targets, test.data, test.targets, train.classes,
-                         "cifar", CIFAR100_STATS)
+                         pipeline("cifar100", cfg.augmentation, image_size(cfg)))
 
 
 def load_svhn(cfg):
@@ -288,7 +388,8 @@ def load_svhn(cfg):
         for split in ("train", "test")]
     train, test = (np.ascontiguousarray(s.data.transpose(0, 2, 3, 1)) for s in splits)
     return _array_source(train, splits[0].labels, test, splits[1].labels,
-                         [str(d) for d in range(10)], "digits", SVHN_STATS)
+                         [str(d) for d in range(10)],
+                         pipeline("svhn", cfg.augmentation, image_size(cfg)))
 
 
 # ------------------------------------------------------------------ image folders and CUB
@@ -309,8 +410,7 @@ def _scan_folder(name, root, split, test_split, where):
     return ds.classes, ds.samples
 
 
-def _folder_source(cfg, name, test_split, kind, stats, where):
-    size = cfg.image_size or DEFAULT_IMAGE_SIZE[cfg.dataset]
+def _folder_source(cfg, name, test_split, where):
     classes, train = _scan_folder(name, cfg.data_path, "train", test_split, where)
     test_classes, test = _scan_folder(name, cfg.data_path, test_split, test_split, where)
     if test_classes != classes:
@@ -318,13 +418,15 @@ def _folder_source(cfg, name, test_split, kind, stats, where):
         raise ConfigError(f"{name}: the class folders of {os.path.join(cfg.data_path, test_split)} "
                           f"differ from those of {os.path.join(cfg.data_path, 'train')} (e.g. "
                           f"{missing[:3]}); both must hold the same classes.")
-    return _files_source(train, test, classes, size, kind, stats)
+    return _files_source(cfg, train, test, classes)
 
 
-def _files_source(train, test, classes, size, kind, stats):
-    if stats is None:
-        stats = estimate_stats(train, size, kind)
-    train_tf, test_tf = _transforms(kind, size, stats)
+def _files_source(cfg, train, test, classes):
+    size = image_size(cfg)
+    pipe = pipeline(cfg.dataset, cfg.augmentation, size)
+    if pipe.stats == ESTIMATED:
+        pipe = replace(pipe, stats=estimate_stats(train, pipe))
+    train_tf, test_tf = pipe.transforms()
     train_set = ImageFiles(train, train_tf)
     test_set = ImageFiles(test, test_tf)
     return Source(train_set, ImageFiles(train, test_tf), test_set, train_set.labels,
@@ -333,14 +435,57 @@ def _files_source(train, test, classes, size, kind, stats):
 
 def load_imagenet(cfg):
     """ImageNet (ILSVRC-2012) in the class-folder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
-    return _folder_source(cfg, "ImageNet", "val", "objects", IMAGENET_STATS,
+    return _folder_source(cfg, "ImageNet", "val",
                           "https://image-net.org/download, with val/ sorted into class folders")
 
 
+# MS-Celeb-10K as the release cut it from MS-Celeb-1M's aligned faces (one folder per identity): the
+# sorted folder list shuffled with seed 3, then the first CELEB_IDENTITIES identities holding more than
+# CELEB_MORE_THAN images, of each the first CELEB_TRAIN images (by file name) to train, the next
+# CELEB_TEST to test.
+CELEB_SEED = 3
+CELEB_IDENTITIES = 10_000
+CELEB_MORE_THAN = 45
+CELEB_TRAIN, CELEB_TEST = 30, 15
+
+
 def load_celeb(cfg):
-    """MS-Celeb-10K: train/<identity>/<image> and test/<identity>/<image> (aligned faces)."""
-    return _folder_source(cfg, "MS-Celeb-10K", "test", "faces", None,
-                          "a 10,000-identity subset of MS-Celeb-1M's aligned faces")
+    """MS-Celeb-10K: train/<identity>/<image> and test/<identity>/<image> when both folders are there,
+    else the release's cut of the identity folders under ``args.data_path`` (``celeb_identities``)."""
+    root = cfg.data_path
+    if all(os.path.isdir(os.path.join(root, split)) for split in ("train", "test")):
+        return _folder_source(cfg, "MS-Celeb-10K", "test",
+                              "a 10,000-identity subset of MS-Celeb-1M's aligned faces")
+    names, train, test = celeb_identities(root)
+    if not names:
+        raise ConfigError(f"MS-Celeb-10K: args.data_path = {root!r} holds neither train/ and test/ "
+                          f"folders nor an identity folder with at least {CELEB_MORE_THAN + 1} "
+                          "images; put there train/<identity>/<image> and test/<identity>/<image> "
+                          "folders, or MS-Celeb-1M's aligned faces as one folder per identity (those "
+                          f"with at least {CELEB_MORE_THAN + 1} images are used).")
+    return _files_source(cfg, train, test, names)
+
+
+def celeb_identities(root):
+    """(identity names, train samples, test samples) of the release's MS-Celeb-10K under ``root``;
+    labels follow the order identities are kept in. The release shuffled with seed 3 but its random
+    generator is unknown, so the identities kept here may not be the ones it kept; it also took each
+    folder's images in listing order, which depends on the file system, so here they are sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
+    names, train, test = [], [], []
+    for i in np.random.RandomState(CELEB_SEED).permutation(len(folders)):
+        if len(names) == CELEB_IDENTITIES:
+            break
+        folder = os.path.join(root, folders[i])
+        images = sorted(f for f in os.listdir(folder) if has_file_allowed_extension(f, IMG_EXTENSIONS))
+        if len(images) <= CELEB_MORE_THAN:
+            continue
+        paths = [os.path.join(folder, f) for f in images]
+        train += [(p, len(names)) for p in paths[:CELEB_TRAIN]]
+        test += [(p, len(names)) for p in paths[CELEB_TRAIN:CELEB_TRAIN + CELEB_TEST]]
+        names.append(folders[i])
+    return names, train, test
 
 
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
@@ -396,8 +541,7 @@ def load_cub(cfg):
     if absent:
         raise ConfigError(f"CUB-200-2011: {len(absent)} image(s) listed in images.txt are missing, "
                           f"e.g. {absent[0]}; extract the whole archive into {cfg.data_path!r}.")
-    size = cfg.image_size or DEFAULT_IMAGE_SIZE["cub200"]
-    return _files_source(samples[True], samples[False], classes, size, "objects", None)
+    return _files_source(cfg, samples[True], samples[False], classes)
 
 
 # args.dataset -> reader(cfg) -> Source

@@ -89,6 +89,22 @@ def write_class_folders(root, splits, classes, per_class, size=40, ext=".JPEG"):
                 write_image(os.path.join(root, split, c, f"{c}_{i}{ext}"), rng, size)
 
 
+def write_identity_folders(root, counts, size=8):
+    """<root>/<identity>/<image>.jpg: MS-Celeb-1M's aligned layout, ``counts`` mapping identity ->
+    images. Files are written in a shuffled order and each folder also holds a notes.txt, so neither
+    creation order nor a count of all files gives the release's cut. Returns {identity: sorted names}."""
+    rng = np.random.RandomState(4)
+    files = {}
+    for identity, count in counts.items():
+        names = [f"{k:03d}.jpg" for k in range(count)]
+        for name in rng.permutation(names):
+            write_image(os.path.join(root, identity, name), rng, size)
+        with open(os.path.join(root, identity, "notes.txt"), "w") as f:
+            f.write("not an image\n")
+        files[identity] = sorted(names)
+    return files
+
+
 def write_cub(root, num_class=6, train_per_class=3, test_per_class=2, size=40):
     """<root>/CUB_200_2011/: images.txt, image_class_labels.txt (1-based), train_test_split.txt,
     classes.txt and images/<NNN.Name>/<file>.jpg, as in the real archive. Images are listed in class

@@ -19,8 +19,11 @@ def offline(monkeypatch, *classes):
         monkeypatch.setattr(cls, "download", fail)
 
 
-def transforms_for(kind="cifar"):
-    return S._transforms(kind, 32, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+# The statistics each pipeline normalises with, written out so a changed constant is caught.
+RELEASE_CIFAR = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+CIFAR = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+SVHN = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def normalised(image, stats):
@@ -37,9 +40,10 @@ def cifar_root(tmp_path, monkeypatch):
     return root
 
 
-def test_cifar100_classes_counts_and_tasks(cifar_root, cfg_factory):
+@pytest.mark.parametrize("setting, stats", [("release", RELEASE_CIFAR), ("corrected", CIFAR)])
+def test_cifar100_classes_counts_and_tasks(cifar_root, cfg_factory, setting, stats):
     cfg = cfg_factory(dataset="cifar100", data_path=str(cifar_root), num_class=20,
-                      class_per_task=10, num_task=2, memory=40)
+                      class_per_task=10, num_task=2, memory=40, augmentation=setting)
     src = S.load_cifar100(cfg)
     assert src.num_class == 100 and src.input_shape == (3, 32, 32)
     assert src.class_names[:2] == ["class_000", "class_001"] and len(src.class_names) == 100
@@ -49,10 +53,10 @@ def test_cifar100_classes_counts_and_tasks(cifar_root, cfg_factory):
     assert len(data.task_indices(0)) == 30 and len(data.task_indices(1)) == 30
     assert set(data.train_labels[data.task_indices(1)]) == set(range(10, 20))
     assert len(data.seen_test_indices(1)) == 40
-    # test transform: the image itself, normalised with CIFAR-100's statistics
+    # test transform: the image itself, normalised with the setting's CIFAR-100 statistics
     x, y = data.test_set[5]
     image = src.test.images[5]
-    assert y == 5 and torch.allclose(x, normalised(image, S.CIFAR100_STATS), atol=1e-5)
+    assert y == 5 and torch.allclose(x, normalised(image, stats), atol=1e-6)
     x, _ = data.train_set[0]
     assert x.shape == (3, 32, 32)
 
@@ -82,10 +86,12 @@ def test_cifar100_corrupt_file(cifar_root, cfg_factory, monkeypatch):
 
 # ------------------------------------------------------------------ SVHN
 
-def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path, cfg_factory, monkeypatch):
+@pytest.mark.parametrize("setting, stats", [("release", IMAGENET), ("corrected", SVHN)])
+def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path, cfg_factory, monkeypatch, setting,
+                                                     stats):
     sums, digits = F.write_svhn(str(tmp_path))
     F.point_torchvision_at_svhn(monkeypatch, sums)
-    cfg = cfg_factory(dataset="svhn", data_path=str(tmp_path))
+    cfg = cfg_factory(dataset="svhn", data_path=str(tmp_path), augmentation=setting)
     src = S.load_svhn(cfg)
     assert src.num_class == 10 and src.input_shape == (3, 32, 32)
     assert src.train_labels.tolist() == digits["train"].tolist()
@@ -93,18 +99,9 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path, cfg_factory, monk
     from scipy.io import loadmat
     raw = loadmat(str(tmp_path / "test_32x32.mat"))["X"][..., 3]  # H×W×C of test image 3
     x, y = src.test[3]
-    assert y == 3 and torch.allclose(x, normalised(raw, S.SVHN_STATS), atol=1e-5)
+    assert y == 3 and torch.allclose(x, normalised(raw, stats), atol=1e-6)
     data = IncrementalData(cfg, source=src)
     assert sorted(set(data.train_labels[data.task_indices(2)])) == [4, 5]
-
-
-def test_svhn_digits_are_never_flipped():
-    from torchvision import transforms as T
-    train, _ = transforms_for("digits")
-    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in train.transforms)
-    assert any(isinstance(t, T.RandomRotation) for t in train.transforms)
-    cifar_train, _ = transforms_for("cifar")
-    assert any(isinstance(t, T.RandomHorizontalFlip) for t in cifar_train.transforms)
 
 
 def test_svhn_missing(tmp_path, cfg_factory, monkeypatch):
@@ -143,8 +140,10 @@ def test_imagenet_class_folders(imagenet_root, cfg_factory):
     assert x.shape == (3, 32, 32) and y == 0
     x, _ = src.train[7]
     assert x.shape == (3, 32, 32)
-    full = S.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root, image_size=None))
-    assert full.input_shape == (3, 224, 224)  # the standard crop unless args.image_size says
+    for setting, side in (("release", 112), ("corrected", 224)):  # unless args.image_size says
+        full = S.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root, image_size=None,
+                                            augmentation=setting))
+        assert full.input_shape == (3, side, side)
 
 
 def test_imagenet_subset_from_a_seeded_order_and_reused_class_list(imagenet_root, cfg_factory,
@@ -200,7 +199,7 @@ def test_celeb_folders_and_estimated_statistics(tmp_path, cfg_factory):
             for i in range(count):
                 F.write_image(str(root / split / name / f"{i}.png"), rng, 20, color)
     cfg = cfg_factory(dataset="celeb", data_path=str(root), num_class=2, class_per_task=1,
-                      num_task=2, memory=4, image_size=16)
+                      num_task=2, memory=4, image_size=16, augmentation="corrected")
     src = S.load_celeb(cfg)
     assert src.class_names == ["id_a", "id_b"] and len(src.train) == 6 and len(src.test) == 2
     # half the images are one colour and half the other: per-channel mean and std in closed form
@@ -258,3 +257,228 @@ def test_cub_missing_and_corrupt_files(tmp_path, cfg_factory):
     with pytest.raises(ConfigError, match=r"1 image\(s\) listed in images.txt are missing, e.g. "
                        r".*Bird_2_0004.jpg"):
         S.load_cub(cub_cfg(cfg_factory, tmp_path / "again"))
+
+
+# ------------------------------------------------------------------ MS-Celeb-1M identity folders
+
+# Sorted, m.0a..m.0e; RandomState(3).permutation(5) = [3, 4, 1, 0, 2] walks d, e, b, a, c. Only more
+# than 45 images qualify, so b (45) and e (10) are passed over: d, a, c kept, in that order.
+IDENTITY_COUNTS = {"m.0a": 46, "m.0b": 45, "m.0c": 50, "m.0d": 47, "m.0e": 10}
+KEPT = ["m.0d", "m.0a", "m.0c"]
+
+
+def celeb_cfg(cfg_factory, root, **over):
+    fields = dict(dataset="celeb", data_path=str(root), num_class=2, class_per_task=1, num_task=2,
+                  memory=4, image_size=16)
+    fields.update(over)
+    return cfg_factory(**fields)
+
+
+def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, monkeypatch):
+    files = F.write_identity_folders(str(tmp_path), IDENTITY_COUNTS)
+    assert np.random.RandomState(3).permutation(5).tolist() == [3, 4, 1, 0, 2]
+    src = S.load_celeb(celeb_cfg(cfg_factory, tmp_path))
+    assert src.class_names == KEPT and src.num_class == 3 and src.input_shape == (3, 16, 16)
+    for label, name in enumerate(KEPT):  # the first kept identity is class 0
+        for split, want in ((src.train, files[name][:30]), (src.test, files[name][30:45])):
+            paths = [p for p, y in split.samples if y == label]
+            assert [os.path.basename(p) for p in paths] == want
+            assert {os.path.basename(os.path.dirname(p)) for p in paths} == {name}
+    assert np.bincount(src.train_labels).tolist() == [30] * 3
+    assert np.bincount(src.test_labels).tolist() == [15] * 3
+    x, y = src.train[31]
+    assert x.shape == (3, 16, 16) and y == 1
+    monkeypatch.setattr(S, "CELEB_IDENTITIES", 2)  # the walk stops once enough are kept
+    assert S.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == KEPT[:2]
+
+
+def test_celeb_identity_folders_none_qualifies(tmp_path, cfg_factory):
+    F.write_identity_folders(str(tmp_path / "few"), {"m.01": 45, "m.02": 3})
+    (tmp_path / "few" / "train").mkdir()  # train/ without test/ is not the split layout
+    for root in (tmp_path / "few", tmp_path / "nowhere"):
+        with pytest.raises(ConfigError, match=r"^MS-Celeb-10K: args.data_path = '.*' holds neither "
+                           r"train/ and test/ folders nor an identity folder with at least 46 images; "
+                           r"put there train/<identity>/<image> and test/<identity>/<image> folders, "
+                           r"or MS-Celeb-1M's aligned faces as one folder per identity \(those with at "
+                           r"least 46 images are used\).$"):
+            S.load_celeb(celeb_cfg(cfg_factory, root))
+
+
+# ------------------------------------------------------------------ each pipeline, both settings
+
+FLIP = ("RandomHorizontalFlip", 0.5)
+ROTATE = ("RandomRotation", (-10.0, 10.0), "nearest", 0, False)
+JITTER = ("ColorJitter", (1 - 63 / 255, 1 + 63 / 255), None, None, None)
+TENSOR = ("ToTensor",)
+ESTIMATE = ("Normalize", "estimated")
+
+
+def crop(side, padding):
+    return ("RandomCrop", (side, side), padding, 0)
+
+
+def scaled_crop(side):
+    return ("RandomResizedCrop", (side, side), (0.08, 1.0), (0.75, 4 / 3))
+
+
+def resize(size):
+    return ("Resize", size)
+
+
+def centre(side):
+    return ("CenterCrop", (side, side))
+
+
+def norm(stats):
+    return ("Normalize", *stats)
+
+
+# (data set, args.augmentation, args.image_size) -> (train transforms, test transforms), in order
+PIPELINES = {
+    ("cifar100", "release", None): ([crop(32, 4), FLIP, ROTATE, TENSOR, norm(RELEASE_CIFAR)],
+                                    [TENSOR, norm(RELEASE_CIFAR)]),
+    ("cifar100", "corrected", None): ([crop(32, 4), FLIP, TENSOR, norm(CIFAR)],
+                                      [TENSOR, norm(CIFAR)]),
+    ("svhn", "release", None): ([crop(32, 4), FLIP, ROTATE, TENSOR, norm(IMAGENET)],
+                                [TENSOR, norm(IMAGENET)]),
+    ("svhn", "corrected", None): ([crop(32, 2), ROTATE, TENSOR, norm(SVHN)], [TENSOR, norm(SVHN)]),
+    ("imagenet", "release", None): (
+        [resize(120), scaled_crop(112), FLIP, ROTATE, TENSOR, norm(IMAGENET)],
+        [resize(115), centre(112), TENSOR, norm(IMAGENET)]),
+    ("imagenet", "release", 32): (  # 32·120/112 = 34.3, 32·115/112 = 32.9
+        [resize(34), scaled_crop(32), FLIP, ROTATE, TENSOR, norm(IMAGENET)],
+        [resize(33), centre(32), TENSOR, norm(IMAGENET)]),
+    ("imagenet", "corrected", None): ([scaled_crop(224), FLIP, TENSOR, norm(IMAGENET)],
+                                      [resize(256), centre(224), TENSOR, norm(IMAGENET)]),
+    ("imagenet", "corrected", 32): ([scaled_crop(32), FLIP, TENSOR, norm(IMAGENET)],
+                                    [resize(36), centre(32), TENSOR, norm(IMAGENET)]),
+    ("celeb", "release", None): (
+        [resize((112, 112)), crop(112, 4), FLIP, ROTATE, TENSOR, norm(RELEASE_CIFAR)],
+        [resize((112, 112)), TENSOR, norm(RELEASE_CIFAR)]),
+    ("celeb", "release", 32): (
+        [resize((32, 32)), crop(32, 4), FLIP, ROTATE, TENSOR, norm(RELEASE_CIFAR)],
+        [resize((32, 32)), TENSOR, norm(RELEASE_CIFAR)]),
+    ("celeb", "corrected", None): ([resize((112, 112)), crop(112, 8), FLIP, TENSOR, ESTIMATE],
+                                   [resize((112, 112)), TENSOR, ESTIMATE]),
+    ("celeb", "corrected", 32): ([resize((32, 32)), crop(32, 2), FLIP, TENSOR, ESTIMATE],
+                                 [resize((32, 32)), TENSOR, ESTIMATE]),
+    ("cub200", "release", None): ([resize(230), scaled_crop(224), FLIP, ROTATE, JITTER, TENSOR],
+                                  [resize(230), centre(224), TENSOR]),
+    ("cub200", "release", 32): ([resize(33), scaled_crop(32), FLIP, ROTATE, JITTER, TENSOR],
+                                [resize(33), centre(32), TENSOR]),  # 32·230/224 = 32.9
+    ("cub200", "corrected", None): ([scaled_crop(224), FLIP, TENSOR, ESTIMATE],
+                                    [resize(256), centre(224), TENSOR, ESTIMATE]),
+    ("cub200", "corrected", 32): ([scaled_crop(32), FLIP, TENSOR, ESTIMATE],
+                                  [resize(36), centre(32), TENSOR, ESTIMATE]),
+}
+
+
+PARAMETERS = {"RandomCrop": ("size", "padding", "fill"), "RandomHorizontalFlip": ("p",),
+              "RandomRotation": ("degrees", "interpolation", "fill", "expand"),
+              "ColorJitter": ("brightness", "contrast", "saturation", "hue"),
+              "RandomResizedCrop": ("size", "scale", "ratio"), "Resize": ("size",),
+              "CenterCrop": ("size",), "ToTensor": (), "Normalize": ("mean", "std")}
+
+
+def describe(transform, estimated):
+    """Each transform's type and the parameters that define it, lists as tuples; a Normalize by the
+    ``estimated`` statistics is written ESTIMATE."""
+    out = []
+    for t in transform.transforms:
+        name = type(t).__name__
+        values = [getattr(t, p) for p in PARAMETERS[name]]
+        values = tuple(getattr(v, "value", tuple(v) if isinstance(v, list) else v) for v in values)
+        if name == "Normalize" and estimated is not None:
+            assert values == estimated
+            values = ("estimated",)
+        out.append((name, *values))
+    return out
+
+
+def fake_source(dataset, root, monkeypatch, cfg_factory, **over):
+    """``dataset`` read from a tiny fake copy under ``root``."""
+    if dataset == "cifar100":
+        F.point_torchvision_at_cifar100(monkeypatch, F.write_cifar100(str(root)))
+    elif dataset == "svhn":
+        F.point_torchvision_at_svhn(monkeypatch, F.write_svhn(str(root))[0])
+    elif dataset == "cub200":
+        F.write_cub(str(root), num_class=2, train_per_class=2, test_per_class=1)
+    else:
+        F.write_class_folders(str(root), ("train", "val" if dataset == "imagenet" else "test"),
+                              ["a", "b"], {"train": 2, "val": 1, "test": 1}, size=20)
+    cfg = cfg_factory(dataset=dataset, data_path=str(root), num_class=2, class_per_task=1,
+                      num_task=2, memory=4, **over)
+    return cfg, S.DATA_SOURCES[dataset](cfg)
+
+
+@pytest.mark.parametrize("dataset, setting, size", sorted(PIPELINES, key=str))
+def test_each_pipeline_is_exactly_as_described(dataset, setting, size, tmp_path, monkeypatch,
+                                               cfg_factory):
+    cfg, src = fake_source(dataset, tmp_path, monkeypatch, cfg_factory, augmentation=setting,
+                           image_size=size)
+    side = S.image_size(cfg)
+    train, test = PIPELINES[dataset, setting, size]
+    estimated = None
+    if ESTIMATE in test:  # measured on the training images
+        estimated = S.estimate_stats(src.train.samples, S.pipeline(dataset, setting, side))
+    assert describe(src.train.transform, estimated) == train
+    assert describe(src.test.transform, estimated) == test
+    assert describe(src.train_plain.transform, estimated) == test
+    assert src.input_shape == (3, side, side) and src.train[0][0].shape == (3, side, side)
+
+
+@pytest.mark.parametrize("setting", ["release", "corrected"])
+def test_default_image_size_follows_the_pipeline(setting, cfg_factory):
+    defaults = {"imagenet": 112 if setting == "release" else 224, "celeb": 112, "cub200": 224,
+                "cifar100": 32, "svhn": 32, "mnist": 28, "digits": 8}
+    for dataset, side in defaults.items():
+        assert S.image_size(cfg_factory(dataset=dataset, augmentation=setting)) == side
+    for dataset in ("imagenet", "celeb", "cub200"):
+        assert S.image_size(cfg_factory(dataset=dataset, augmentation=setting, image_size=48)) == 48
+
+
+def test_mnist_and_digits_are_the_same_under_both_settings(tmp_path, cfg_factory):
+    F.write_fake_mnist(tmp_path)
+    raw = np.frombuffer((tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()[16:],
+                        np.uint8).reshape(-1, 1, 28, 28)
+    want = (torch.from_numpy(raw.copy()).float() / 255 - 0.1307) / 0.3081
+    for setting in ("release", "corrected"):
+        mnist = S.load_mnist(cfg_factory(dataset="mnist", data_path=str(tmp_path),
+                                         augmentation=setting))
+        assert mnist.train.transform is None and mnist.tensors.augment is None
+        torch.testing.assert_close(mnist.train.x, want, rtol=0, atol=1e-6)
+    digits = [S.load_digits(cfg_factory(augmentation=s)) for s in ("release", "corrected")]
+    assert torch.equal(digits[0].train.x, digits[1].train.x) and digits[0].train.transform is None
+
+
+def test_release_cifar_train_transform_is_a_padded_crop_a_flip_and_a_rotation():
+    """Replayed from the same seed: pad 4 and crop, maybe mirror, rotate (nearest, zero fill),
+    normalise with the release's values."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+    train, _ = S.pipeline("cifar100", "release", 32).transforms()
+    image = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 32)[0])
+    flips, angles = set(), []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        got = train(image)
+        torch.manual_seed(seed)
+        top, left = (int(torch.randint(0, 9, (1,))) for _ in range(2))
+        flip = bool(torch.rand(1) < 0.5)
+        angle = float(torch.empty(1).uniform_(-10, 10))
+        want = TF.crop(TF.pad(image, 4), top, left, 32, 32)
+        want = TF.rotate(TF.hflip(want) if flip else want, angle)
+        assert torch.equal(got, TF.normalize(TF.to_tensor(want), *RELEASE_CIFAR))
+        flips.add(flip)
+        angles.append(abs(angle))
+    assert flips == {True, False} and max(angles) > 5
+
+
+def test_release_faces_resize_is_a_no_op_on_112_px_faces():
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import functional as TF
+    face = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 112)[0])
+    assert np.asarray(T.Resize((112, 112))(face)).tobytes() == np.asarray(face).tobytes()
+    _, test = S.pipeline("celeb", "release", 112).transforms()
+    assert torch.equal(test(face), TF.normalize(TF.to_tensor(face), *RELEASE_CIFAR))

@@ -1,6 +1,7 @@
 """The fast path changes no result: the meta-step against the straightforward reference, inference
 against classifying every routed sample, the task split, the speed options and the on-device data."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -233,24 +234,43 @@ def on_device_data(cfg_factory, dataset, data_path, **over):
     return IncrementalData(cfg)
 
 
+def write_in_memory(dataset, root, monkeypatch):
+    if dataset == "cifar100":
+        F.point_torchvision_at_cifar100(monkeypatch, F.write_cifar100(str(root)))
+        return dict(num_class=20, class_per_task=10, num_task=2, memory=20)
+    F.point_torchvision_at_svhn(monkeypatch, F.write_svhn(str(root))[0])
+    return dict(num_class=4, num_task=2, memory=8)
+
+
 @pytest.fixture
 def cifar(tmp_path, monkeypatch, cfg_factory):
-    F.point_torchvision_at_cifar100(monkeypatch, F.write_cifar100(str(tmp_path)))
-    return on_device_data(cfg_factory, "cifar100", tmp_path, num_class=20, class_per_task=10,
-                          num_task=2, memory=20)
+    return on_device_data(cfg_factory, "cifar100", tmp_path,
+                          **write_in_memory("cifar100", tmp_path, monkeypatch))
 
 
-def test_test_batches_equal_the_torchvision_transforms(cifar):
-    indices = cifar.seen_test_indices(1)
-    loader = cifar.loader(cifar.test_set, indices, 7)
-    assert isinstance(loader, TensorBatches) and len(loader) == 6
+SETTINGS = [(d, s) for d in ("cifar100", "svhn") for s in ("release", "corrected")]
+
+
+@pytest.mark.parametrize("dataset, setting", SETTINGS)
+def test_test_batches_equal_the_torchvision_transforms(dataset, setting, tmp_path, monkeypatch,
+                                                       cfg_factory):
+    data = on_device_data(cfg_factory, dataset, tmp_path, augmentation=setting,
+                          **write_in_memory(dataset, tmp_path, monkeypatch))
+    indices = data.seen_test_indices(1)
+    loader = data.loader(data.test_set, indices, 7)
+    assert isinstance(loader, TensorBatches) and len(loader) == -(-len(indices) // 7)
     x, y = map(torch.cat, zip(*loader))
-    want = torch.stack([cifar.test_set[i][0] for i in indices])
+    want = torch.stack([data.test_set[i][0] for i in indices])
     torch.testing.assert_close(x, want, rtol=0, atol=1e-5)
-    assert y.tolist() == [cifar.test_set[i][1] for i in indices] and y.device.type == "cpu"
+    assert y.tolist() == [data.test_set[i][1] for i in indices] and y.device.type == "cpu"
+    # one description of the augmentation feeds the torchvision transforms and the batches
+    assert data.on_device[id(data.train_set)][2] is S.IN_MEMORY_AUGMENT[setting][dataset]
 
 
-def test_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(cifar):
+def test_corrected_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(tmp_path, monkeypatch,
+                                                                        cfg_factory):
+    cifar = on_device_data(cfg_factory, "cifar100", tmp_path, augmentation="corrected",
+                           **write_in_memory("cifar100", tmp_path, monkeypatch))
     indices = cifar.task_indices(0)
     loader = cifar.loader(cifar.train_set, indices, 8, shuffle=True, seed=3)
     plain = {i: cifar.train_plain[i][0] for i in indices}
@@ -279,20 +299,77 @@ def is_crop(image, original, pad, p=4):
     return False
 
 
-def test_digit_augmentation_crops_and_rotates_without_flipping(tmp_path, monkeypatch, cfg_factory):
-    sums, _ = F.write_svhn(str(tmp_path))
-    F.point_torchvision_at_svhn(monkeypatch, sums)
-    data = on_device_data(cfg_factory, "svhn", tmp_path, num_class=4, num_task=2, memory=8)
+@pytest.mark.parametrize("dataset", ["cifar100", "svhn"])
+def test_release_batches_hold_original_pixels_or_the_zero_fill(dataset, tmp_path, monkeypatch,
+                                                               cfg_factory):
+    """Crop, flip and rotation move pixels and fill with zeros on [0, 1] images, before the
+    normalisation: unnormalised, every pixel is one of the image's own or black."""
+    data = on_device_data(cfg_factory, dataset, tmp_path,
+                          **write_in_memory(dataset, tmp_path, monkeypatch))
+    mean, std = (torch.tensor(s)[:, None, None] for s in data.on_device[id(data.train_set)][3])
     indices = data.task_indices(0)
-    x, _ = next(iter(data.loader(data.train_set, indices, 6, shuffle=True, seed=0)))
-    assert x.shape == (6, 3, 32, 32)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(64, 1, 9, 9)
-    out = S.augment_batch(images, "digits", g)
-    # nearest-neighbour sampling: every pixel is an original pixel or the zero fill
-    for a, b in zip(out, images):
-        assert set(a.flatten().tolist()) <= set(b.flatten().tolist()) | {0.0}
-    assert not torch.equal(out, images)
+    originals = {i: pixels(data.on_device[id(data.train_plain)][0][i].float()) for i in indices}
+    black = 0
+    for x, y in data.loader(data.train_set, indices, 8, shuffle=True, seed=1):
+        for image, label in zip(x, y):
+            seen = pixels((image * std + mean) * 255)
+            black += (0, 0, 0) in seen
+            assert any(seen <= originals[i] | {(0, 0, 0)} for i in indices
+                       if data.train_labels[i] == label)
+    assert black > 0
+
+
+def pixels(image):
+    """The set of an image's RGB triples, on the 0..255 scale."""
+    return set(map(tuple, image.round().to(torch.int64).flatten(1).T.tolist()))
+
+
+# (args.augmentation, data set) -> (padding, flipped, degrees) each pipeline must draw from
+IN_MEMORY = {("release", "cifar100"): (4, True, 10), ("release", "svhn"): (4, True, 10),
+             ("corrected", "cifar100"): (4, True, 0), ("corrected", "svhn"): (2, False, 10)}
+
+
+def coded_images(n, side=32):
+    """Images whose pixels say where they come from: channel 0 the row, 1 the column, 2 the image,
+    none of them zero."""
+    x = torch.empty(n, 3, side, side)
+    x[:, 0] = (torch.arange(side)[:, None] + 1.0) / 64
+    x[:, 1] = (torch.arange(side)[None, :] + 1.0) / 64
+    x[:, 2] = (torch.arange(n)[:, None, None] + 1.0) / 128
+    return x
+
+
+def fitted_motion(image, side=32):
+    """The affine map from output to source position that best explains a coded image's non-zero
+    pixels: (mirrored, rotation in degrees, source offset of the centre)."""
+    filled = image.abs().sum(0) > 0
+    rows, cols = filled.nonzero(as_tuple=True)
+    src = torch.stack([image[0][filled] * 64 - 1, image[1][filled] * 64 - 1], 1).double()
+    design = torch.stack([rows, cols, torch.ones_like(rows)], 1).double()
+    a = torch.linalg.lstsq(design, src).solution.T  # src = a[:, :2] @ (row, col) + a[:, 2]
+    centre = torch.full((2,), (side - 1) / 2, dtype=torch.double)
+    offset = a[:, :2] @ centre + a[:, 2] - centre
+    angle = math.degrees(math.atan2(abs(a[1, 0]), abs(a[0, 0])))
+    return bool(torch.linalg.det(a[:, :2]) < 0), angle, offset
+
+
+@pytest.mark.parametrize("setting, dataset", sorted(IN_MEMORY))
+def test_augment_batch_draws_each_pipelines_crop_flip_and_rotation(setting, dataset):
+    padding, flips, degrees = IN_MEMORY[setting, dataset]
+    augment = S.IN_MEMORY_AUGMENT[setting][dataset]
+    images = coded_images(64)
+    out = S.augment_batch(images, augment, torch.Generator().manual_seed(0))
+    assert torch.equal(out, S.augment_batch(images, augment, torch.Generator().manual_seed(0)))
+    # nearest neighbour: every pixel is one of the image's own (whole codes, its own number) or zero
+    codes = out * torch.tensor([64.0, 64.0, 128.0])[:, None, None]
+    whole = ((codes - codes.round()).abs() < 1e-4).all(1) & (codes[:, :2] >= 1).all(1) \
+        & (codes[:, :2] <= 32).all(1) & (codes[:, 2] == torch.arange(1.0, 65.0)[:, None, None])
+    assert (whole | (out == 0).all(1)).all()
+    mirrored, angles, offsets = zip(*map(fitted_motion, out))
+    assert set(mirrored) == ({True, False} if flips else {False})
+    assert max(angles) <= degrees + 0.5 and max(angles) >= 0.7 * degrees
+    shift = torch.stack(offsets).abs().max()
+    assert padding - 0.5 < shift < padding + 0.5  # a crop of the image padded with `padding` zeros
 
 
 def test_mnist_batches_are_the_held_tensors(tmp_path, cfg_factory):
