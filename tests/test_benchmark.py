@@ -26,6 +26,7 @@ def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
     assert result["ratio_eval_vs_forward"] > 1  # evaluation holds at least one forward pass
     assert result["peak_rss_mb"] > 0 and result["device"].startswith("cpu")
     assert result["test_images"] == 200 and result["estimated_full_cifar100_run_hours"] > 0
+    assert result["settings"]["variant"] == "paper"  # the tables' training, not the script's
     printed = capsys.readouterr().out
     assert "itaml/(r·plain)" in printed and "naive/(r·plain)" in printed and "tasks10_r2" in printed and "eval at session 9" in printed
 
