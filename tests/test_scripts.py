@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import fake_data as F
-from resnet import ReducedResNet18, ResNet18, build_network
+from data_sources import image_size
+from resnet import CelebResNet18, ReducedResNet18, ResNet18, build_network
 from utils.config import check_args
 from utils.session import run
 
@@ -20,12 +21,21 @@ SHIPPED = {
                        optimizer="radam", lr=0.01, epochs=20, schedule=[5, 10, 15], gamma=0.2,
                        train_batch=256, memory=2000, beta=1.0, r=1),
     "train_imagenet": dict(dataset="imagenet", num_class=100, class_per_task=10, num_task=10,
-                           class_order="shuffled", image_size=224),
+                           class_order="shuffled"),
     "train_celeb": dict(dataset="celeb", num_class=10000, class_per_task=1000, num_task=10,
-                        memory=50000, image_size=112, optimizer="radam", lr=0.01, epochs=70,
+                        memory=50000, optimizer="radam", lr=0.01, epochs=70,
                         train_batch=256, beta=1.0),
-    "train_cub": dict(dataset="cub200", num_class=200, num_task=10, image_size=224),
+    "train_cub": dict(dataset="cub200", num_class=200, num_task=10),
+    "train_mnist": dict(dataset="mnist", num_class=10, class_per_task=2, num_task=5,
+                        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=20,
+                        schedule=[5, 10, 15], gamma=0.5, train_batch=256, memory=2000, beta=0.5),
 }
+# The crop each script's pipeline gives (image_size None: the pipeline decides).
+SIDE = {"train_cifar": 32, "train_svhn": 32, "train_imagenet": 112, "train_celeb": 112,
+        "train_cub": 224, "train_mnist": 28}
+# What produced the paper's numbers ships by default.
+RELEASE = dict(variant="official", task_start="previous", meta_target="last",
+               task_optimizer="shared", batch_forward=True, augmentation="release")
 
 SHRUNK = dict(epochs=1, schedule=[], train_batch=16, test_batch=32, num_workers=0, adapt_batch=8,
               continuum=4, device="cpu")
@@ -59,15 +69,16 @@ def write_cub(root, monkeypatch):
 
 
 WRITERS = {"train_cifar": (write_cifar, ReducedResNet18), "train_svhn": (write_svhn, ReducedResNet18),
-           "train_imagenet": (write_imagenet, ResNet18), "train_celeb": (write_celeb, ResNet18),
+           "train_imagenet": (write_imagenet, ResNet18), "train_celeb": (write_celeb, CelebResNet18),
            "train_cub": (write_cub, ResNet18)}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_args(name):
     cfg = check_args(importlib.import_module(name).args)
-    for field, value in SHIPPED[name].items():
+    for field, value in dict(SHIPPED[name], **RELEASE).items():
         assert getattr(cfg, field) == value, field
+    assert image_size(cfg) == SIDE[name]
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
