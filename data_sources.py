@@ -469,8 +469,8 @@ def load_celeb(cfg):
 def celeb_identities(root):
     """(identity names, train samples, test samples) of the release's MS-Celeb-10K under ``root``;
     labels follow the order identities are kept in. The release shuffled with seed 3 but its random
-    generator is unknown, so the identities kept here may not be the ones it kept; it also took each
-    folder's images in listing order, which depends on the file system, so here they are sorted."""
+    generator is unknown, so the identities kept here may not be the ones it kept. Each folder's
+    images are taken in sorted order, so that the cut does not depend on the file system."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
     names, train, test = [], [], []
