@@ -6,7 +6,8 @@ import importlib
 import train_digits
 from utils.config import SCHEMA, check_args
 from utils.errors import ConfigError
-from utils.session import parse_start, resolve_device, run
+from utils.overrides import parse_command_line
+from utils.session import resolve_device, run
 
 
 def shrunk(**over):
@@ -75,8 +76,8 @@ def test_start_task_out_of_range(start, tmp_path):
 
 def test_start_task_must_be_an_integer():
     with pytest.raises(ConfigError, match="the start task must be one integer, got 'two'"):
-        parse_start(["two"], "train_digits.py")
-    assert parse_start([]) == 0 and parse_start(["3"]) == 3 and parse_start(["-1"]) == -1
+        parse_command_line(["two"], "train_digits.py")
+    assert [parse_command_line(words)[0] for words in ([], ["3"], ["-1"])] == [0, 3, -1]
 
 
 def test_cuda_without_gpu(monkeypatch):

@@ -17,6 +17,7 @@ import tempfile
 import torch
 
 from utils.errors import ConfigError
+from utils.overrides import command
 
 try:
     import fcntl
@@ -102,8 +103,17 @@ def sha256(path):
 class RunStore:
     """The files of one run, named by session."""
 
-    def __init__(self, cfg, script="train.py"):
-        self.cfg, self.script = cfg, script
+    def __init__(self, cfg, script="train.py", overrides=()):
+        self.cfg, self.script, self.overrides = cfg, script, list(overrides)
+
+    def command(self, start):
+        """The command that runs this run from task ``start``, its overrides included."""
+        return command(self.script, start, self.overrides)
+
+    def overridden(self):
+        """The fields the command line set, savepoint included when it followed the checkpoint."""
+        names = [text.split("=", 1)[0] for text in self.overrides]
+        return names + (["savepoint"] if "checkpoint" in names and "savepoint" not in names else [])
 
     def session_json(self, t):
         return os.path.join(self.cfg.checkpoint, f"session_{t}.json")
@@ -146,7 +156,7 @@ class RunStore:
         if clash:
             nxt = max(done) + 1
             hint = ("the run is complete" if nxt >= self.cfg.num_task
-                    else f"resume with `python3 {self.script} {nxt}`")
+                    else f"resume with `{self.command(nxt)}`")
             raise ConfigError(f"{self.session_json(clash[0])} already holds finished session "
                               f"{clash[0]}, which is never overwritten; {hint}, or set a new "
                               "args.checkpoint and args.savepoint to start again.")
@@ -154,11 +164,11 @@ class RunStore:
         if gaps:
             raise ConfigError(f"cannot resume at task {start}: {self.session_json(gaps[-1])} is "
                               f"missing, so session {gaps[-1]} never finished; run "
-                              f"`python3 {self.script} {max(done) + 1 if done else 0}` first.")
+                              f"`{self.command(max(done) + 1 if done else 0)}` first.")
 
     def redo_hint(self, t):
         """What to do when a file of finished session t is unusable."""
-        return (f"move {self.session_json(t)} away and run `python3 {self.script} {t}` to redo "
+        return (f"move {self.session_json(t)} away and run `{self.command(t)}` to redo "
                 f"session {t}")
 
     def read_json(self, path, hint):

@@ -143,17 +143,23 @@ def read_manifest(store, start):
     if start == 0 or not os.path.exists(store.manifest_file):
         return None
     hint = (f"restore it, or move it away to resume without the record of earlier starts, and run "
-            f"`python3 {store.script} {start}` again")
+            f"`{store.command(start)}` again")
     manifest = store.read_json(store.manifest_file, hint)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("resumes", []), list):
         raise ConfigError(f"{store.manifest_file} is corrupt (it is not a run manifest); {hint}.")
     return manifest
 
 
-def started(cfg, script, start, device):
+def overrides(cfg, store):
+    """{field: value} of the fields the command line set (their values after checking)."""
+    values = plain(cfg)
+    return {name: values[name] for name in store.overridden()}
+
+
+def started(cfg, store, start, device):
     """A fresh run's manifest."""
-    return {"command": f"python3 {script} {start}", "time": now(), "args": plain(cfg),
-            "seed": cfg.seed, **environment(device), "resumes": []}
+    return {"command": store.command(start), "overrides": overrides(cfg, store), "time": now(),
+            "args": plain(cfg), "seed": cfg.seed, **environment(device), "resumes": []}
 
 
 def rebuilt(record, record_path):
@@ -165,10 +171,10 @@ def rebuilt(record, record_path):
             "rebuilt_from": record_path, "resumes": []}
 
 
-def resumed(manifest, script, start, device, changes):
+def resumed(manifest, cfg, store, start, device, changes):
     """``manifest`` with this resume appended; also the lines that say what differs from before."""
-    entry = {"command": f"python3 {script} {start}", "task": start, "time": now(),
-             "changed": changes, **environment(device)}
+    entry = {"command": store.command(start), "overrides": overrides(cfg, store), "task": start,
+             "time": now(), "changed": changes, **environment(device)}
     earlier = manifest.get("resumes", [])
     notes = setup_changes((earlier or [manifest])[-1], entry)
     return {**manifest, "resumes": earlier + [entry]}, notes

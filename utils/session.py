@@ -1,4 +1,5 @@
-"""The one session loop behind every ``train_<dataset>.py``: ``python3 train_X.py [start_task]``.
+"""The one session loop behind every ``train_<dataset>.py``:
+``python3 train_X.py [start_task] [field=value ...]``.
 
 Session t trains on D(t) ∪ M(t−1), updates the replay memory to M(t), evaluates every protocol over the
 classes seen so far, and saves model, memory and record. Each session reseeds from (args.seed, t), so
@@ -16,7 +17,7 @@ from incremental_dataloader import IncrementalData, ReplayMemory
 from learner_task_itaml import MetaLearner, evaluate
 from resnet import build_network
 from utils.checkpoint import RunStore, write_json, write_text
-from utils import distributed
+from utils import distributed, overrides
 from utils.config import check_args, describe_training
 from utils.errors import ConfigError
 from utils.logger import get_logger, quiet_logger
@@ -26,23 +27,16 @@ from utils.report import write_report
 
 
 def main(args, argv=None):
-    """Command-line entry: bad input ends with one sentence on stderr and exit status 2."""
+    """Command-line entry, ``train_X.py [start_task] [field=value ...]`` (``utils/overrides.py``):
+    bad input ends with one sentence on stderr and exit status 2."""
     argv = sys.argv if argv is None else argv
     script = os.path.basename(argv[0]) if argv else "train.py"
     try:
-        run(args, parse_start(argv[1:], script), script)
+        start, texts = overrides.parse_command_line(argv[1:], script)
+        run(overrides.apply(args, texts)[0], start, script, texts)
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-
-
-def parse_start(rest, script="train.py"):
-    if not rest:
-        return 0
-    if len(rest) > 1 or not rest[0].lstrip("-").isdigit():
-        raise ConfigError(f"the start task must be one integer, got {' '.join(rest)!r}; usage: "
-                          f"python3 {script} [start_task]")
-    return int(rest[0])
 
 
 def resolve_device(name):
@@ -58,22 +52,24 @@ def session_seed(cfg, t):
     return cfg.seed * 1000 + t
 
 
-def run(args, start=0, script="train.py"):
-    """Run sessions ``start`` … T−1; returns the records of the sessions it ran."""
+def run(args, start=0, script="train.py", override_texts=()):
+    """Run sessions ``start`` … T−1; returns the records of the sessions it ran. ``override_texts``:
+    the command line's field=value words, already applied to ``args``, for the manifest and the
+    commands the messages suggest."""
     cfg = check_args(args)
     if not 0 <= start < cfg.num_task:
         raise ConfigError(f"the start task {start} is outside 0..{cfg.num_task - 1} "
                           f"(args.num_task = {cfg.num_task}).")
     ctx = distributed.setup(resolve_device(cfg.device))  # under torchrun: this rank's device
     try:
-        return _run(cfg, start, script, ctx)
+        return _run(cfg, start, script, ctx, override_texts)
     finally:
         distributed.cleanup(ctx)
 
 
-def _run(cfg, start, script, ctx):
+def _run(cfg, start, script, ctx, override_texts=()):
     device = ctx.device
-    store = RunStore(cfg, script)
+    store = RunStore(cfg, script, override_texts)
     store.check_start(start)
     # Everything is read and checked before anything is written: a bad resume costs no training.
     # Under torchrun every rank reads the same files (so every rank stops on the same error).
@@ -106,18 +102,18 @@ def _begin(cfg, store, start, device, data, manifest, changes, history, ctx):
         write_json(store.class_order_file, {"class_order": data.class_order,
                                             "class_names": data.class_names})
         write_text(store.class_list_file, "".join(f"{name}\n" for name in data.class_names))
-        write_json(store.manifest_file, started(cfg, store.script, start, device))
+        write_json(store.manifest_file, started(cfg, store, start, device))
     else:
-        _record_resume(store, start, device, manifest, changes, history, log)
+        _record_resume(cfg, store, start, device, manifest, changes, history, log)
     if removed:
         log.info(f"removed {len(removed)} half-written file(s) an interrupted run left: "
                  + ", ".join(removed))
     return log
 
 
-def _record_resume(store, start, device, manifest, changes, history, log):
+def _record_resume(cfg, store, start, device, manifest, changes, history, log):
     manifest = manifest or rebuilt(history[-1], store.session_json(start - 1))
-    manifest, setup = resumed(manifest, store.script, start, device, changes)
+    manifest, setup = resumed(manifest, cfg, store, start, device, changes)
     write_json(store.manifest_file, manifest)
     if changes:
         log.info("args changed since the finished sessions (recorded in manifest.json): "
@@ -145,7 +141,7 @@ def _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
         # Ask the disk, not the loop: Ctrl-C may land after a session's record is in place.
         nxt = len(store.finished())
         log.error(f"interrupted in session {nxt}; sessions before it are saved: resume with "
-                  f"`python3 {store.script} {nxt}`." if nxt < cfg.num_task else
+                  f"`{store.command(nxt)}`." if nxt < cfg.num_task else
                   "interrupted after the last session was saved; the run is complete.")
         sys.exit(130)
     return history[start:]
