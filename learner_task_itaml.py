@@ -28,6 +28,7 @@ from utils import distributed
 from utils.flat import FlatBuffer
 
 PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
+CONTINUUM_SIZES = (1, 2, 5, 10, 20, 50)  # the sizes acc_task_agnostic_by_continuum reports
 
 
 def eta_for(beta, session, num_task):
@@ -459,4 +460,20 @@ def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.
     results["per_task"] = {name: [accuracy(pred[true_task == j], labels[true_task == j])
                                   for j in range(num_tasks)] for name, pred in preds.items()}
     results["num_test_samples"] = len(labels)
+    results.update(by_continuum_size(scores, true_task, within, labels, cfg.continuum, seed))
     return results
+
+
+def by_continuum_size(scores, true_task, within, labels, continuum, seed):
+    """The task-agnostic accuracy and the task-prediction accuracy for continua of every size of
+    CONTINUUM_SIZES and ``continuum``, keyed by the size as a string (the session record is JSON),
+    in increasing size. Only the routing is redone: ``within`` holds what the true task's adapted
+    model picks. Each size draws its continua from a fresh generator seeded as ``evaluate``'s, so
+    the entry of ``continuum`` is ``acc_task_agnostic`` and the entry of 1 is ``acc_per_sample``."""
+    acc, task_acc = {}, {}
+    for p in sorted(set(CONTINUUM_SIZES) | {continuum}):
+        generator = torch.Generator().manual_seed(seed)
+        route = predict_tasks(scores, continuum_ids(true_task, p, generator))
+        acc[str(p)] = accuracy(torch.where(route == true_task, within, -1), labels)
+        task_acc[str(p)] = accuracy(route, true_task)
+    return {"acc_task_agnostic_by_continuum": acc, "task_prediction_acc_by_continuum": task_acc}

@@ -196,3 +196,79 @@ def test_single_update_uses_adapt_lr_not_lr(cfg_factory):
     adapted = L.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
     moved = (adapted.head.weight - base.head.weight).abs()
     assert moved.max().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+# ---------------------------------------------------------------- accuracy against continuum size
+
+def evaluate_on(cfg_factory, logits, labels, continuum, seed=0):
+    """``evaluate`` at session 1 on an Echo model whose logits are ``logits``, with no adaptation
+    (the true task's slice argmax classifies)."""
+    cfg = cfg_factory(num_class=4, class_per_task=2, num_task=2, continuum=continuum,
+                      adapt_epochs=0, test_batch=16, adapt_batch=2)
+    samples = TensorData(torch.tensor(logits), labels)
+    data = IncrementalData(cfg, source=Source(samples, samples, samples, samples.labels,
+                                              samples.labels, 4, (4,)))
+    memory = ReplayMemory(len(labels))
+    memory.update(data, [0, 1, 2, 3], session=1)
+    return L.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=seed)
+
+
+# Task 0: all four samples point to task 0 (slice maximum 2 against 0), but sample 3 (label 1) is
+# classified as class 0. Task 1: samples 4-6 each point to task 0 (slice maxima 1 against 0),
+# sample 7 to task 1 (0 against 10); their mean, 0.75 against 2.5, points to task 1.
+SIZED_LOGITS = [[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0],
+                [2.0, 0.0, 0.0, 0.0],
+                [1.0, 0.0, 0.0, -1.0], [1.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, -1.0],
+                [0.0, 0.0, -1.0, 10.0]]
+SIZED_LABELS = [0, 1, 0, 1, 2, 3, 2, 3]
+
+
+def test_accuracy_grows_with_the_continuum_as_worked_by_hand(cfg_factory):
+    """Alone, only sample 7 of task 1 finds its task. In pairs, whatever the shuffle, one pair of
+    task 1 holds sample 7 (mean 0.5 against 5: task 1) and the other does not (1 against 0: task
+    0). From 4 samples on, task 1's one continuum is routed right. Task 0 is always routed right
+    and loses sample 3 to its class."""
+    res = evaluate_on(cfg_factory, SIZED_LOGITS, SIZED_LABELS, continuum=4)
+    assert res["task_prediction_acc_by_continuum"] == {
+        "1": 62.5, "2": 75.0, "4": 100.0, "5": 100.0, "10": 100.0, "20": 100.0, "50": 100.0}
+    assert res["acc_task_agnostic_by_continuum"] == {
+        "1": 50.0, "2": 62.5, "4": 87.5, "5": 87.5, "10": 87.5, "20": 87.5, "50": 87.5}
+
+
+def test_by_continuum_keys_are_the_sizes_as_strings_in_increasing_order(cfg_factory):
+    import json
+    for continuum, sizes in ((4, ["1", "2", "4", "5", "10", "20", "50"]),
+                             (20, ["1", "2", "5", "10", "20", "50"]),
+                             (64, ["1", "2", "5", "10", "20", "50", "64"])):
+        res = json.loads(json.dumps(evaluate_on(cfg_factory, SIZED_LOGITS, SIZED_LABELS,
+                                                continuum)))  # as the session record keeps it
+        for key in ("acc_task_agnostic_by_continuum", "task_prediction_acc_by_continuum"):
+            assert list(res[key]) == sizes
+            assert all(isinstance(a, float) and 0.0 <= a <= 100.0 for a in res[key].values())
+
+
+@pytest.mark.parametrize("continuum", [3, 20])
+def test_by_continuum_reproduces_the_main_and_per_sample_protocols_exactly(cfg_factory,
+                                                                           continuum):
+    """Random logits, 45 and 38 samples a task: the shuffle matters, so the entries agree only if
+    every size draws its continua exactly as the main protocol does."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(83, 4, generator=g).tolist()
+    labels = [j % 2 for j in range(45)] + [2 + j % 2 for j in range(38)]
+    res = evaluate_on(cfg_factory, logits, labels, continuum, seed=7)
+    acc, task = res["acc_task_agnostic_by_continuum"], res["task_prediction_acc_by_continuum"]
+    assert acc[str(continuum)] == res["acc_task_agnostic"]
+    assert task[str(continuum)] == res["task_prediction_acc"]
+    assert acc["1"] == res["acc_per_sample"]
+    assert task["1"] == res["task_prediction_acc_per_sample"]
+    assert len(set(task.values())) > 2  # the sizes do route differently here
+
+
+def test_the_table_lists_the_accuracy_by_continuum_size(cfg_factory):
+    from utils.records import format_table
+    res = evaluate_on(cfg_factory, SIZED_LOGITS, SIZED_LABELS, continuum=4)
+    record = {"session": 1, "seen_classes": 4, "continuum": 4, "seconds": 1.0, **res}
+    lines = format_table(record).splitlines()
+    assert lines[-2].startswith("task prediction: ")
+    assert lines[-1] == ("task-agnostic by continuum size: 1: 50.00, 2: 62.50, 4: 87.50, "
+                         "5: 87.50, 10: 87.50, 20: 87.50, 50: 87.50")

@@ -41,4 +41,8 @@ def format_table(record):
     lines.append(f"task prediction: {record['task_prediction_acc']:.2f}% of samples with "
                  f"continua of {record['continuum']}, {record['task_prediction_acc_per_sample']:.2f}%"
                  " sample by sample")
+    by_size = record.get("acc_task_agnostic_by_continuum")  # absent from records before it existed
+    if by_size:
+        lines.append("task-agnostic by continuum size: "
+                     + ", ".join(f"{p}: {a:.2f}" for p, a in by_size.items()))
     return "\n".join(lines)
