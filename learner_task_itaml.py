@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils import distributed
+from utils.errors import Diverged
 from utils.flat import FlatBuffer
 
 PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
@@ -324,17 +325,38 @@ class MetaLearner:
             p.grad = None
 
     def train_session(self, loader, desc="train"):
-        """All epochs of one session; the last epoch's model is kept (no test-set model selection)."""
+        """All epochs of one session; the last epoch's model is kept (no test-set model selection).
+        Returns the last epoch's mean loss; ``self.epoch_losses`` holds every epoch's. Raises
+        ``Diverged`` after the first epoch whose loss or weights are not finite, so that a run gone
+        to NaN never saves its weights as a finished session."""
         self.model.train()
         bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch",
                    disable=None if self.ctx.is_main else True, leave=False)
-        loss = float("nan")
-        for epoch in bar:
-            self.set_lr(lr_at(self.cfg, epoch))
-            losses = [self.meta_step(x, y) for x, y in loader]
-            loss = torch.stack(losses).mean().item()  # the one wait for the device in an epoch
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
-        self.release()
+        self.epoch_losses = []
+        try:
+            for epoch in bar:
+                self.set_lr(lr_at(self.cfg, epoch))
+                losses = [self.meta_step(x, y) for x, y in loader]
+                loss = self._end_epoch(torch.stack(losses).mean(), epoch)
+                self.epoch_losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
+        finally:
+            bar.close()
+            self.release()
+        return self.epoch_losses[-1]
+
+    def _end_epoch(self, loss, epoch):
+        """The epoch's mean loss as a float, read together with the finiteness of the weights: the
+        one wait for the device in an epoch. Under torchrun the non-finite flags are summed over
+        the ranks (the loss stays each rank's own), so that every rank stops in the same epoch
+        rather than one waiting forever for the others."""
+        flags = torch.stack([~torch.isfinite(loss), ~torch.isfinite(self.weights.data).all()])
+        flags = flags.to(loss.dtype)
+        distributed.all_reduce_sum_([flags], self.ctx)
+        loss, bad_loss, bad_weights = torch.cat([loss.reshape(1), flags]).tolist()
+        if bad_loss or bad_weights:
+            raise Diverged(self.session, epoch + 1, self.cfg.epochs,
+                           "the training loss" if bad_loss else "the weights", self.cfg.lr)
         return loss
 
 
