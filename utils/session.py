@@ -19,7 +19,7 @@ from resnet import build_network
 from utils.checkpoint import RunStore, write_json, write_text
 from utils import distributed, overrides
 from utils.config import check_args, describe_training
-from utils.errors import ConfigError
+from utils.errors import ConfigError, Diverged
 from utils.logger import get_logger, quiet_logger
 from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
 from utils.records import format_table, summary_csv
@@ -214,15 +214,20 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier,
     seed = session_seed(cfg, t)
     torch.manual_seed(seed)
     learner = MetaLearner(model, cfg, t, device, ctx)
-    loss = learner.train_session(data.train_loader(t, memory, seed, ctx),
-                                 desc=f"session {t}/{cfg.num_task - 1}")
+    try:
+        loss = learner.train_session(data.train_loader(t, memory, seed, ctx),
+                                     desc=f"session {t}/{cfg.num_task - 1}")
+    except Diverged as e:  # nothing of session t is written; the finished ones stay as they are
+        raise ConfigError(e.extended(f"nothing of session {t} was written; resume with "
+                                     f"`{store.command(t)}`")) from None
     trained = time.time()
     _update_memory(memory, data, t, model, device, ctx)
     results = evaluate(model, data, memory, t, cfg, device, seed, ctx)
     done = time.time()
     record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
               "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
-              "final_train_loss": loss, "memory_exemplars": len(memory),
+              "final_train_loss": loss, "train_loss_per_epoch": learner.epoch_losses,
+              "memory_exemplars": len(memory),
               "train_seconds": trained - began, "eval_seconds": done - trained,
               "seconds": done - began, "device": str(device), "args": vars(cfg)}
     if ctx.enabled:
