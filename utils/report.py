@@ -1,10 +1,16 @@
-"""``python3 -m utils.report <checkpoint folder> [more folders] [--out DIR]``: metrics, tables and a plot.
+"""``python3 -m utils.report <checkpoint folder> [more folders] [--out DIR]``: metrics, tables and plots.
 
 Reads the session records of one or more runs, computes every protocol's metrics (``utils/metrics.py``),
 prints them, and writes ``report.csv``, ``report.md`` and ``accuracy.png`` (accuracy against the number
 of classes, one line per protocol and run, with the paper's iTAML curve for the same data set and split
-when one is known: ``utils/paper_curves.json``). The session loop calls ``write_report`` after every
-session, so a run's checkpoint folder always holds an up-to-date report.
+when one is known: ``utils/paper_curves.json``); ``continuum.png`` (final accuracy against the continuum
+size p) and ``loss.png`` (training loss against the epoch) when the records hold those measurements.
+The session loop calls ``write_report`` after every session, so a run's checkpoint folder always holds
+an up-to-date report.
+
+Runs whose args differ only in the seed and in where and how they ran (``EXECUTION_FIELDS``) are seeds
+of one setting: ``pooled_report`` groups them and reports each group's mean, standard deviation and 95%
+confidence interval over its seeds. When every group holds one run the report is the per-run one.
 """
 import argparse
 import io
@@ -12,12 +18,17 @@ import json
 import os
 import re
 import sys
+from collections import namedtuple
+from numbers import Real
 
+import numpy as np
 import pandas as pd
 
-from utils.checkpoint import atomic_write, write_text
+from utils.checkpoint import atomic_write
 from utils.errors import ConfigError
-from utils.metrics import METRICS, accuracy_matrix, run_metrics
+from utils.config import SWITCHES, VARIANTS
+from utils.metrics import (METRICS, accuracy_matrix, common_sessions, pooled_continuum, pooled_loss,
+                           pooled_metrics, protocol_metrics, run_metrics)
 from utils.records import PROTOCOL_LABELS
 
 SESSION_FILE = re.compile(r"session_(\d+)\.json$")
@@ -30,6 +41,11 @@ STYLES = {"task_agnostic": ("tab:blue", "o", "task-agnostic, continuum of {p}"),
           "task_aware": ("tab:green", "^", "task-aware (true task given)"),
           "base": ("tab:red", "v", "base model, no adaptation")}
 RUN_STYLES = ["-", "--", ":", "-."]
+# args that say where and how a run was executed, not what it computes: seeds of one setting may differ
+EXECUTION_FIELDS = ("checkpoint", "savepoint", "data_path", "device", "num_workers")
+BAND = "band: ± 1 standard deviation (n−1) over seeds"
+# runs: [(folder, records)]; setting: the args that define it; differing: {field: value} in its label
+Group = namedtuple("Group", "label runs setting differing")
 
 
 def load_run(folder):
@@ -52,11 +68,45 @@ def load_run(folder):
                 record = json.load(f)
             if record["session"] != t or any(p not in record["per_task"] for p in PROTOCOL_LABELS):
                 raise ValueError("its session number or per-task accuracies are wrong")
+            _check_measurements(record)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or rerun "
                               f"session {t}.") from None
         records.append(record)
     return records
+
+
+def _is_number(v):
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _check_measurements(record):
+    """The optional keys later versions added must hold numbers, or the plots fail far from here."""
+    if not isinstance(record.get("args", {}), dict):
+        raise ValueError("its args are not a mapping of field to value")
+    by_p = record.get("acc_task_agnostic_by_continuum", {})
+    if not isinstance(by_p, dict) or not all(
+            str(p).isdigit() and int(p) > 0 and _is_number(v) for p, v in by_p.items()):
+        raise ValueError("acc_task_agnostic_by_continuum is not a mapping of continuum size to "
+                         "accuracy")
+    loss = record.get("train_loss_per_epoch", [])
+    if not isinstance(loss, list) or not all(_is_number(v) for v in loss):
+        raise ValueError("train_loss_per_epoch is not a list of numbers")
+
+
+def load_runs(folders):
+    """[(folder, records)] of every folder, each folder given once."""
+    if not folders:
+        raise ConfigError("no run folder given; give the args.checkpoint folder of at least one run.")
+    seen = {}
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if real in seen:
+            also = "" if seen[real] == folder else f" (also as {seen[real]})"
+            raise ConfigError(f"{folder} is given twice{also}; give each run once, or its seed "
+                              "would count twice.")
+        seen[real] = folder
+    return [(os.path.normpath(folder), load_run(folder)) for folder in folders]
 
 
 def paper_curve(records):
@@ -70,11 +120,128 @@ def paper_curve(records):
     return None
 
 
+def setting(records):
+    """What a run computes: the args of its last record but the seed and where and how it ran."""
+    args = records[-1].get("args", {})
+    return {k: v for k, v in args.items() if k not in EXECUTION_FIELDS and k != "seed"}
+
+
+def seed(records):
+    return records[-1].get("args", {}).get("seed")
+
+
+def group_runs(runs):
+    """Runs [(folder, records)] grouped by setting, in the order they came, labelled (``Group``)."""
+    buckets = {}
+    for run in runs:
+        key = json.dumps(setting(run[1]), sort_keys=True, default=str)
+        buckets.setdefault(key, []).append(run)
+    members = [group for bucket in buckets.values() for group in _split_reruns(bucket)]
+    order = {id(run): i for i, run in enumerate(runs)}
+    members.sort(key=lambda group: order[id(group[0])])  # single runs stay in the order given
+    return _label(members)
+
+
+def _split_reruns(bucket):
+    """Runs of one setting and one seed are reruns to compare side by side, not seeds to pool; a seed
+    repeated among other seeds would count twice, so that is an error."""
+    seeds = [seed(records) for _, records in bucket]
+    if all(s == seeds[0] for s in seeds):
+        return [[run] for run in bucket]
+    for i, s in enumerate(seeds):
+        if s in seeds[:i]:
+            raise ConfigError(f"{bucket[seeds.index(s)][0]} and {bucket[i][0]} are the same setting "
+                              f"with the same seed {s}; give only one of them, or that seed would "
+                              "count twice.")
+    return [bucket]
+
+
+def _label(members):
+    """Each group's label: the args that differ between the groups, or the common part of its
+    folders' names when none do or two labels would read alike."""
+    settings = [setting(runs[0][1]) for runs in members]
+    fields = list(dict.fromkeys(k for s in settings for k in s))  # the args' own order
+    missing = object()
+    differing = [k for k in fields
+                 if any(s.get(k, missing) != settings[0].get(k, missing) for s in settings)
+                 and not _follows_variant(k, settings)]
+    labels = [", ".join(f"{k}={s.get(k, '–')}" for k in differing) for s in settings]
+    groups = []
+    for label, runs, s in zip(labels, members, settings):
+        if not label or labels.count(label) > 1:
+            folders = _common_part([folder for folder, _ in runs])
+            label = f"{label} ({folders})" if label else folders
+        groups.append(Group(label, runs, s, {k: s.get(k) for k in differing}))
+    return groups
+
+
+def _follows_variant(field, settings):
+    """A variant switch at its variant's value in every group differs only because the variant does:
+    the label names the variant alone."""
+    return field in SWITCHES and all(
+        s.get("variant") in VARIANTS and s.get(field) == VARIANTS[s["variant"]][field]
+        for s in settings)
+
+
+def _common_part(folders):
+    if len(folders) == 1:
+        return folders[0]
+    common = os.path.commonprefix(folders).rstrip("/_-. ")
+    return common or " + ".join(folders)
+
+
+def _column_key(column):
+    """Names first, then the label's args, the metrics, sessions in order, continuum sizes in order."""
+    lead = ["group", "run", "protocol", "n", "seeds", "sessions"]
+    if column in lead:
+        return 0, lead.index(column), ""
+    if column.startswith("arg_"):
+        return 1, 0, column
+    numbered = re.match(r"(acc_after|final_acc_continuum)_(\d+)", column)
+    if numbered:
+        return (3 if numbered.group(1) == "acc_after" else 4), int(numbered.group(2)), column
+    return (5, 0, "") if column == "runs" else (2, 0, "")  # the metrics keep their order
+
+
+def _sorted_columns(table):
+    return table[sorted(table.columns, key=_column_key)]
+
+
+def _add_continuum(frame, by_p, names):
+    """Columns final_acc_continuum_<p><suffix> for ``names`` {suffix: statistic}, on the
+    task-agnostic row: the continuum size only matters when the task is inferred."""
+    top = frame.protocol == "task_agnostic"
+    for p, s in (by_p or {}).items():
+        for suffix, stat in names.items():
+            frame.loc[top, f"final_acc_continuum_{p}{suffix}"] = s[stat]
+    return frame
+
+
 def report_table(runs):
-    """One row a run and protocol: the metrics and the accuracy after every session."""
-    frames = [run_metrics(records).assign(run=label) for label, records in runs]
-    table = pd.concat(frames, ignore_index=True)
-    return table[["run"] + [c for c in table.columns if c != "run"]]
+    """One row a run and protocol: the metrics, the accuracy after every session and, when the last
+    record measured it, the final task-agnostic accuracy at every continuum size."""
+    frames = [_add_continuum(run_metrics(records).assign(run=label), pooled_continuum([records]),
+                             {"": "mean"})
+              for label, records in runs]
+    return _sorted_columns(pd.concat(frames, ignore_index=True))
+
+
+def pooled_table(groups):
+    """One row a group and protocol: n (seeds), the seeds, the sessions pooled, the label's args
+    (arg_<field>), each metric's mean, sd and 95% CI half-width, the mean and sd of the accuracy
+    after every session and of the final accuracy at every continuum size, and the run folders
+    (joined by ";")."""
+    frames = []
+    for g in groups:
+        records = [r for _, r in g.runs]
+        frame = pooled_metrics(records).assign(
+            group=g.label, seeds=" ".join(str(seed(r)) for r in records),
+            runs=";".join(folder for folder, _ in g.runs),
+            **{f"arg_{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+               for k, v in g.differing.items()})
+        frames.append(_add_continuum(frame, pooled_continuum(records),
+                                     {"_mean": "mean", "_sd": "sd"}))
+    return _sorted_columns(pd.concat(frames, ignore_index=True))
 
 
 def _md_table(header, rows):
@@ -118,7 +285,106 @@ def markdown(runs, table):
                       _md_table(["after session"] + list(a.columns),
                                 [[str(i)] + [_num(v) for v in row] for i, row in
                                  zip(a.index, a.to_numpy())]), ""]
+    parts += _continuum_section([(label, 1, pooled_continuum([records])) for label, records in runs],
+                                pooled=False)
+    parts += _loss_section(any(pooled_loss([records]) for _, records in runs), pooled=False)
     return "\n".join(parts)
+
+
+def _pm(mean, sd):
+    """mean ± sd, the mean alone when one seed leaves the spread undefined."""
+    return _num(mean) if pd.isna(sd) else f"{mean:.2f} ± {sd:.2f}"
+
+
+def pooled_markdown(groups, table):
+    parts = ["# iTAML report, pooled over seeds", "",
+             "Accuracies in % on all classes seen so far; forgetting is positive when a task was "
+             "forgotten, BWT negative. Definitions: the README's *Metrics* section. Each cell is "
+             "the mean ± the standard deviation (n−1) over the group's n seeds; *95% CI* is the "
+             "half-width h of Student's t confidence interval of the mean, mean ± h with "
+             "h = t(0.975, n−1)·sd/√n. Both are blank for a group of one seed.", "",
+             "## Groups", "",
+             "Runs whose args differ only in `seed` and in where and how they ran (`" +
+             "`, `".join(EXECUTION_FIELDS) + "`) are seeds of one group; a group is named by the "
+             "args that differ between the groups.", ""]
+    for g in groups:
+        parts += _group_lines(g)
+    header = ["group", "protocol", "n", "sessions"]
+    for m in METRICS:
+        header += [METRIC_NAMES[m], "95% CI"]
+    rows = [[f"`{r['group']}`", r["protocol"], str(r["n"]), str(r["sessions"])] +
+            [cell for m in METRICS for cell in
+             (_pm(r[f"{m}_mean"], r[f"{m}_sd"]), _ci(r[f"{m}_ci95_halfwidth"]))]
+            for _, r in table.iterrows()]
+    curves = {c["source"]: c for c in filter(None, (paper_curve(g.runs[0][1]) for g in groups))}
+    for curve in curves.values():
+        acc = curve["accuracy"]
+        rows.append([f"iTAML, the paper ({curve['source']})", "task_agnostic", "–", str(len(acc)),
+                     _num(acc[-1]), "–", _num(sum(acc) / len(acc))] + ["–"] * 5)
+    parts += ["", "## Metrics", "", _md_table(header, rows), "",
+              f"![mean accuracy against the number of classes; {BAND}](accuracy.png)", ""]
+    parts += _runs_section(groups)
+    parts += _continuum_section([(g.label, len(g.runs), pooled_continuum([r for _, r in g.runs]))
+                                 for g in groups], pooled=True)
+    parts += _loss_section(any(pooled_loss([r for _, r in g.runs]) for g in groups), pooled=True)
+    return "\n".join(parts)
+
+
+def _ci(halfwidth):
+    return "–" if pd.isna(halfwidth) else f"± {halfwidth:.2f}"
+
+
+def _group_lines(g):
+    records = [r for _, r in g.runs]
+    pooled = common_sessions(records)
+    seeds = ", ".join(str(seed(r)) for r in records)
+    lines = [f"- `{g.label}`: {_describe(pooled[0])}; n = {len(records)} (seeds {seeds}): " +
+             ", ".join(f"`{folder}`" for folder, _ in g.runs)]
+    finished = [len(r) for r in records]
+    if len(set(finished)) > 1:
+        lines.append(f"  - Its runs finished {', '.join(map(str, finished))} sessions: pooled over "
+                     f"sessions 0–{len(pooled[0]) - 1}, the ones all of them finished.")
+    return lines
+
+
+def _runs_section(groups):
+    """Every seed's task-agnostic metrics over the sessions its group pooled."""
+    rows = []
+    for g in groups:
+        for (folder, _), records in zip(g.runs, common_sessions([r for _, r in g.runs])):
+            m = protocol_metrics(records, "task_agnostic")
+            rows.append([f"`{folder}`", f"`{g.label}`", str(seed(records)), str(len(records))] +
+                        [_num(m[k]) for k in METRICS])
+    return ["## Runs", "", "Each run's task-agnostic metrics over the sessions its group pooled.", "",
+            _md_table(["run", "group", "seed", "sessions"] + [METRIC_NAMES[m] for m in METRICS],
+                      rows), ""]
+
+
+def _continuum_section(rows, pooled):
+    """rows: [(label, n, {p: spread} or None)]; nothing when no run measured several sizes."""
+    rows = [row for row in rows if row[2]]
+    if not rows:
+        return []
+    sizes = sorted(set().union(*(by_p for _, _, by_p in rows)))
+    header = (["group", "n"] if pooled else ["run"]) + [f"p = {p}" for p in sizes]
+    cells = [[f"`{label}`"] + ([str(n)] if pooled else []) +
+             [_pm(by_p[p]["mean"], by_p[p]["sd"]) if p in by_p else "–" for p in sizes]
+             for label, n, by_p in rows]
+    spread = " (mean ± sd over seeds)" if pooled else ""
+    return ["## Final accuracy against the continuum size", "",
+            f"Task-agnostic accuracy on all classes after the last session{spread} when the task "
+            "is inferred from, and the model adapted on, continua of p test samples of one task "
+            "(the paper's analysis of p).", "", _md_table(header, cells), "",
+            "![final accuracy against the continuum size](continuum.png)", ""]
+
+
+def _loss_section(present, pooled):
+    if not present:
+        return []
+    mean = f"; each group's mean, {BAND}" if pooled else ""
+    return ["## Training loss", "",
+            f"The training loss of every epoch, the sessions one after another (dotted lines: a "
+            f"session starts){mean}.", "", "![training loss against the epoch](loss.png)", ""]
 
 
 def figure(runs):
@@ -157,20 +423,170 @@ def figure(runs):
     return fig
 
 
+def pooled_figure(groups, table):
+    """One panel a protocol: each group's mean accuracy on all seen classes against the number of
+    classes, with a band of ± one sd over its seeds, and the paper's curve on the task-agnostic one."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
+    ticks = set()
+    for ax, (protocol, (_, text)) in zip(axes, PROTOCOL_LABELS.items()):
+        for n, g in enumerate(groups):
+            row = table[(table.group == g.label) & (table.protocol == protocol)].iloc[0]
+            classes = [r["seen_classes"] for r in g.runs[0][1][:row.sessions]]
+            ticks.update(classes)
+            mean = np.array([row[f"acc_after_{t}_mean"] for t in range(row.sessions)])
+            sd = np.array([row[f"acc_after_{t}_sd"] for t in range(row.sessions)])
+            _band(ax, classes, mean, sd, f"C{n % 10}", f"{g.label} (n = {row.n})", marker="o")
+        continua = {g.runs[0][1][-1].get("continuum", "?") for g in groups}
+        ax.set_title(text.format(p=continua.pop() if len(continua) == 1 else "each group's p"),
+                     fontsize=9)
+        ax.set_ylim(0, 100.5)
+        ax.grid(alpha=0.3)
+    ticks.update(_paper_lines(axes[0], [g.runs[0][1] for g in groups]))
+    if len(ticks) <= 20:
+        axes[0].set_xticks(sorted(ticks))
+    for ax in axes[2:]:
+        ax.set_xlabel("number of classes")
+    for ax in axes[::2]:
+        ax.set_ylabel("accuracy on all seen classes (%)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Mean over seeds; {BAND}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, x, mean, sd, color, label, marker=None):
+    """A mean curve and, where the sd is defined (two seeds or more), its ± one sd band."""
+    ax.plot(x, mean, "-", color=color, marker=marker, markersize=4, linewidth=1.6, label=label)
+    if not np.isnan(sd).all():
+        ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2, linewidth=0)
+
+
+def _paper_lines(ax, records_list):
+    """The paper's curves for these runs' settings, each once; returns their numbers of classes."""
+    classes = set()
+    for curve in {c["source"]: c for c in filter(None, map(paper_curve, records_list))}.values():
+        x = [curve["class_per_task"] * (k + 1) for k in range(len(curve["accuracy"]))]
+        classes.update(x)
+        ax.plot(x, curve["accuracy"], "k--", marker="x", label=f"iTAML, the paper ({curve['source']})")
+    return classes
+
+
+def continuum_figure(series, pooled):
+    """Final task-agnostic accuracy against the continuum size p on a log axis; ``series``
+    [(label, {p: spread})], a band of ± one sd where a group has several seeds."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    sizes = set()
+    for n, (label, by_p) in enumerate(series):
+        p = sorted(by_p)
+        sizes.update(p)
+        _band(ax, p, np.array([by_p[q]["mean"] for q in p]), np.array([by_p[q]["sd"] for q in p]),
+              f"C{n % 10}", label, marker="o")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(sizes), [str(p) for p in sorted(sizes)])
+    ax.set_xticks([], minor=True)  # log minor ticks would label sizes nobody measured
+    ax.set_xlabel("continuum size p (test samples of one task adapted on together)")
+    ax.set_ylabel("final task-agnostic accuracy (%)")
+    ax.set_ylim(0, 100.5)
+    ax.set_title("Final accuracy against the continuum size" + (f"; {BAND}" if pooled else ""),
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(series, pooled):
+    """Training loss against the epoch, sessions one after another, a dotted line where each starts;
+    ``series`` [(label, (mean, sd, session starts))]."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    for n, (label, (mean, sd, starts)) in enumerate(series):
+        color = f"C{n % 10}"
+        _band(ax, np.arange(1, len(mean) + 1), mean, sd, color, label)
+        for start in starts[1:]:
+            ax.axvline(start + 0.5, color=color, linestyle=":", linewidth=0.8, alpha=0.7)
+    ax.set_xlabel("epoch, sessions one after another (dotted lines: a session starts)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss" + (f"; mean over seeds, {BAND}" if pooled else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def png(fig):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
 
 
-def write_report(runs, out):
-    """Write report.csv, report.md and accuracy.png for ``runs`` [(label, records)] into ``out``."""
+def _extra_figures(series, pooled):
+    """continuum.png and loss.png, each only when some run or group measured it; ``series``
+    [(label, [records])]."""
+    files = {}
+    by_p = [(label, pooled_continuum(runs)) for label, runs in series]
+    if any(b for _, b in by_p):
+        files["continuum.png"] = png(continuum_figure([x for x in by_p if x[1]], pooled))
+    losses = [(label, pooled_loss(runs)) for label, runs in series]
+    if any(loss for _, loss in losses):
+        files["loss.png"] = png(loss_figure([x for x in losses if x[1]], pooled))
+    return files
+
+
+def _run_files(runs):
+    """The per-run report of ``runs`` [(label, records)]: its table and {file name: content}."""
     table = report_table(runs)
-    write_text(os.path.join(out, "report.csv"), table.to_csv(index=False, float_format="%.4f"))
-    write_text(os.path.join(out, "report.md"), markdown(runs, table))
-    image = png(figure(runs))
-    atomic_write(os.path.join(out, "accuracy.png"), lambda f: f.write(image))
+    files = {"report.csv": table.to_csv(index=False, float_format="%.4f"),
+             "report.md": markdown(runs, table), "accuracy.png": png(figure(runs))}
+    files.update(_extra_figures([(label, [records]) for label, records in runs], pooled=False))
+    return table, files
+
+
+def _pooled_files(groups, table):
+    files = {"report.csv": table.to_csv(index=False, float_format="%.4f"),
+             "report.md": pooled_markdown(groups, table),
+             "accuracy.png": png(pooled_figure(groups, table))}
+    files.update(_extra_figures([(f"{g.label} (n = {len(g.runs)})", [r for _, r in g.runs])
+                                 for g in groups], pooled=True))
+    return files
+
+
+def _write(out, files):
+    """Each file whole or not at all, even after a kill; returns the names written."""
+    for name, content in files.items():
+        data = content.encode() if isinstance(content, str) else content
+        atomic_write(os.path.join(out, name), lambda f, data=data: f.write(data))
+    return list(files)
+
+
+def write_report(runs, out):
+    """Write report.csv, report.md, accuracy.png (and continuum.png, loss.png when measured) for
+    ``runs`` [(label, records)], one line a run, into ``out``; returns the per-run table."""
+    table, files = _run_files(runs)
+    _write(out, files)
     return table
+
+
+def write_groups(groups, out):
+    """The per-run report when every group holds one run, the pooled one otherwise; returns the
+    pooled table and the names of the files written."""
+    table = pooled_table(groups)
+    if all(len(g.runs) == 1 for g in groups):
+        files = _run_files([g.runs[0] for g in groups])[1]
+    else:
+        files = _pooled_files(groups, table)
+    return table, _write(out, files)
+
+
+def pooled_report(folders, out):
+    """Load the runs in ``folders``, group the seeds of each setting and write the report files into
+    ``out``; returns the pooled table (one row a group and protocol, ``pooled_table``)."""
+    return write_groups(group_runs(load_runs(folders)), out)[0]
 
 
 def format_metrics(table):
@@ -178,23 +594,38 @@ def format_metrics(table):
     return shown.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="–")
 
 
+def format_pooled(table):
+    """Mean ± sd of every metric, and the 95% CI half-width of the two accuracies."""
+    shown = table[["group", "protocol", "n", "sessions"]].copy()
+    for m in METRICS:
+        shown[f"{METRIC_NAMES[m]} (mean ± sd)"] = [
+            _pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"])]
+        if m in ("final_acc", "avg_incremental_acc"):
+            shown[f"{METRIC_NAMES[m]} 95% CI"] = table[f"{m}_ci95_halfwidth"].map(_ci)
+    return shown.to_string(index=False)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python3 -m utils.report",
-        description="Metrics, accuracy matrices and the accuracy plot of one or more iTAML runs.")
+        description="Metrics, accuracy matrices and plots of one or more iTAML runs; the seeds of "
+                    "one setting are pooled (mean, sd, 95%% confidence interval).")
     parser.add_argument("folders", nargs="+", help="args.checkpoint folders of runs")
-    parser.add_argument("--out", help="where to write report.csv, report.md and accuracy.png "
+    parser.add_argument("--out", help="where to write report.csv, report.md and the plots "
                         "(default: the run's folder for one run, ./report for several)")
     options = parser.parse_args(argv)
     try:
-        runs = [(os.path.normpath(folder), load_run(folder)) for folder in options.folders]
+        groups = group_runs(load_runs(options.folders))
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    out = options.out or (runs[0][0] if len(runs) == 1 else "report")
-    table = write_report(runs, out)
-    print(format_metrics(table))
-    print(f"wrote report.csv, report.md and accuracy.png to {out}")
+    out = options.out or (groups[0].runs[0][0] if len(options.folders) == 1 else "report")
+    table, written = write_groups(groups, out)
+    if all(len(g.runs) == 1 for g in groups):
+        print(format_metrics(report_table([g.runs[0] for g in groups])))
+    else:
+        print(format_pooled(table))
+    print(f"wrote {', '.join(written[:-1])} and {written[-1]} to {out}")
 
 
 if __name__ == "__main__":
