@@ -55,6 +55,9 @@ def test_end_to_end_files_and_records(full_run):
             assert len(saved["per_task"][name]) == t + 1
         assert 0.0 <= saved["acc_task_agnostic"] <= 100.0
         assert saved["memory_exemplars"] == 30 // (2 * (t + 1)) * 2 * (t + 1)
+        losses = saved["train_loss_per_epoch"]  # one a session's epoch (2), the last as reported
+        assert len(losses) == 2 and losses[-1] == saved["final_train_loss"]
+        assert list(saved["acc_task_agnostic_by_continuum"]) == ["1", "2", "5", "10", "20", "50"]
         assert os.path.exists(os.path.join(args.savepoint, f"session_{t}_model.pt"))
         memory = json.load(open(os.path.join(args.savepoint, f"session_{t}_memory.json")))
         assert sorted(map(int, memory["exemplars"])) == list(range(2 * (t + 1)))
