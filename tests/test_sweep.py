@@ -49,6 +49,13 @@ def test_runs_are_named_by_what_differs_from_the_script(tmp_path):
     assert run.texts[-2:] == ["seed=0", f"checkpoint={run.cfg.checkpoint}"]
 
 
+def test_a_switch_is_named_only_where_it_changes_the_variant(tmp_path):
+    grid = sweep.parse_grid(["variant=paper,official", "task_start=base,previous"])
+    names = [run.name for run in sweep.plan(SCRIPT, grid, [0], str(tmp_path))]
+    assert names == ["default,seed=0", "task_start=previous,seed=0",
+                     "variant=official,task_start=base,seed=0", "variant=official,seed=0"]
+
+
 def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path):
     with pytest.raises(ConfigError, match=r"^the combination lr=fast: the override 'lr=fast' "
                                           r"sets args.lr = 'fast', which is invalid"):

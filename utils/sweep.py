@@ -3,8 +3,8 @@
 Runs every combination of the given values, for every seed, each as its own run of the script with
 those values as command-line overrides (``utils/overrides.py``), in its own folders:
 ``<out>/<name>`` for the results and, by the overrides' rule, ``models/…/<name>`` for the weights.
-A run's name lists the values that differ from the script's own ``args`` and its seed
-(``variant=official,seed=3``; ``default,seed=3`` when none differs), so two grids that share a setting
+A run's name lists the values that change it from the script's own ``args`` and its seed
+(``variant=official,seed=3``; ``default,seed=3`` when none does), so two grids that share a setting
 share its runs.
 
 Rerunning the same command skips finished runs and resumes unfinished ones at their first missing
@@ -143,10 +143,13 @@ def plan(script, grid, seeds, out):
 
 
 def _changed(args, texts):
-    """The overrides whose value differs from the script's own, as name=value words."""
-    _, values = overrides.apply(args, texts)
-    return [text for text, (name, value) in zip(texts, values.items())
-            if getattr(args, name, None) != value]
+    """The overrides that change the run, as name=value words: those without which its checked
+    args would differ (``r=1`` in a script of r = 1 changes nothing, nor does ``task_start=base``
+    under the paper variant, but ``task_start=base`` under ``variant=official`` does)."""
+    def checked(words):
+        return vars(check_args(overrides.apply(args, words)[0]))
+    full = checked(texts)
+    return [text for i, text in enumerate(texts) if checked(texts[:i] + texts[i + 1:]) != full]
 
 
 def core_sets(jobs):
