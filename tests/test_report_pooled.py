@@ -109,6 +109,16 @@ def test_grouping_ignores_seed_and_where_a_run_ran(tmp_path):
     assert groups[1].differing == {"lr": 0.5}
 
 
+def test_one_change_at_a_time_is_labelled_by_its_change(tmp_path):
+    """A study that changes one field at a time: each group is named by its change alone."""
+    base = dict(r=1, beta=0.5)
+    runs = [write_seed(str(tmp_path / f"b{s}"), s, **base) for s in range(2)]
+    runs += [write_seed(str(tmp_path / f"r{s}"), s, **{**base, "r": 2}) for s in range(2)]
+    runs += [write_seed(str(tmp_path / f"e{s}"), s, **{**base, "beta": 1.0}) for s in range(2)]
+    labels = [g.label for g in report.group_runs(report.load_runs(runs))]
+    assert labels == ["r=1, beta=0.5", "r=2", "beta=1.0"]
+
+
 def test_label_names_the_variant_not_its_switches(tmp_path):
     paper = dict(task_start="base", meta_target="mean", r=1)
     official = dict(variant="official", task_start="previous", meta_target="last", r=2)
@@ -118,9 +128,9 @@ def test_label_names_the_variant_not_its_switches(tmp_path):
     runs += [write_seed(str(tmp_path / f"q{s}"), s, **{**paper, "task_start": "previous"})
              for s in range(2)]
     labels = [g.label for g in report.group_runs(report.load_runs(runs))]
-    assert labels == ["variant=paper, task_start=base, r=1",
-                      "variant=official, task_start=previous, r=2",
-                      "variant=paper, task_start=previous, r=1"]
+    # each group by where it departs from the usual setting; the usual one names every field
+    assert labels == ["variant=paper, task_start=base, r=1", "variant=official, r=2",
+                      "task_start=previous"]
     two = [g.label for g in report.group_runs(report.load_runs(runs[:4]))]
     assert two == ["variant=paper, r=1", "variant=official, r=2"]
 

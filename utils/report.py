@@ -157,15 +157,22 @@ def _split_reruns(bucket):
 
 
 def _label(members):
-    """Each group's label: the args that differ between the groups, or the common part of its
-    folders' names when none do or two labels would read alike."""
+    """Each group's label: where its setting departs from the one most groups share (the first
+    group's where there is a tie), so a study of one-at-a-time changes reads "r=2", "beta=1"; the
+    group that departs nowhere names every field that differs between the groups. A variant switch
+    counts as set only where it departs from its own variant. With nothing differing, or two labels
+    alike, the common part of the group's folder names is added."""
     settings = [setting(runs[0][1]) for runs in members]
+    marked = [_against_variant(s) for s in settings]
     fields = list(dict.fromkeys(k for s in settings for k in s))  # the args' own order
     missing = object()
-    differing = [k for k in fields
-                 if any(s.get(k, missing) != settings[0].get(k, missing) for s in settings)
-                 and not _follows_variant(k, settings)]
-    labels = [", ".join(f"{k}={s.get(k, '–')}" for k in differing) for s in settings]
+    differing = [k for k in fields if any(m.get(k, missing) != marked[0].get(k, missing)
+                                          for m in marked)]
+    usual = {k: _most_common([m.get(k, missing) for m in marked]) for k in differing}
+    labels = []
+    for s, m in zip(settings, marked):
+        departs = [k for k in differing if m.get(k, missing) != usual[k]]
+        labels.append(", ".join(f"{k}={s.get(k, '–')}" for k in departs or differing))
     groups = []
     for label, runs, s in zip(labels, members, settings):
         if not label or labels.count(label) > 1:
@@ -175,12 +182,19 @@ def _label(members):
     return groups
 
 
-def _follows_variant(field, settings):
-    """A variant switch at its variant's value in every group differs only because the variant does:
-    the label names the variant alone."""
-    return field in SWITCHES and all(
-        s.get("variant") in VARIANTS and s.get(field) == VARIANTS[s["variant"]][field]
-        for s in settings)
+def _against_variant(s):
+    """A setting with each variant switch that equals its variant's value marked as such, so that
+    the variant alone tells two presets apart."""
+    preset = VARIANTS.get(s.get("variant"), {})
+    return {k: ("(the variant's)" if k in SWITCHES and k in preset and v == preset[k] else v)
+            for k, v in s.items()}
+
+
+def _most_common(values):
+    """The value most entries hold; the first of them where several are as common."""
+    counts = [sum(json.dumps(w, default=str) == json.dumps(v, default=str) for w in values)
+              for v in values]
+    return values[counts.index(max(counts))]
 
 
 def _common_part(folders):
