@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections import namedtuple
 from numbers import Real
 
@@ -451,7 +452,8 @@ def pooled_figure(groups, table):
             ticks.update(classes)
             mean = np.array([row[f"acc_after_{t}_mean"] for t in range(row.sessions)])
             sd = np.array([row[f"acc_after_{t}_sd"] for t in range(row.sessions)])
-            _band(ax, classes, mean, sd, f"C{n % 10}", f"{g.label} (n = {row.n})", marker="o")
+            _band(ax, classes, mean, sd, _color(n, len(groups)), f"{g.label} (n = {row.n})",
+                  marker="o")
         continua = {g.runs[0][1][-1].get("continuum", "?") for g in groups}
         ax.set_title(text.format(p=continua.pop() if len(continua) == 1 else "each group's p"),
                      fontsize=9)
@@ -464,10 +466,34 @@ def pooled_figure(groups, table):
         ax.set_xlabel("number of classes")
     for ax in axes[::2]:
         ax.set_ylabel("accuracy on all seen classes (%)")
-    axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Mean over seeds; {BAND}", fontsize=10)
-    fig.tight_layout()
+    _legend(fig, axes[0], len(groups), "lower left")
     return fig
+
+
+def _color(n, total):
+    """The n-th of ``total`` lines' colour: matplotlib's ten, or twenty paler pairs beyond ten."""
+    return f"C{n}" if total <= 10 else matplotlib_colormap("tab20")(n % 20)
+
+
+def matplotlib_colormap(name):
+    from matplotlib import colormaps
+    return colormaps[name]
+
+
+def _legend(fig, ax, entries, inside):
+    """A legend inside the axes for a few lines; beside them, long labels wrapped, for many (a
+    study's groups would cover the curves)."""
+    if entries <= 4:
+        ax.legend(fontsize=7, loc=inside)
+        fig.tight_layout()
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [textwrap.fill(label, 38, subsequent_indent="  ") for label in labels]
+    fig.set_figwidth(fig.get_figwidth() + 3.2)
+    right = 1 - 3.3 / fig.get_figwidth()  # the plots keep the left part, the legend the rest
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(right, 0.5))
 
 
 def _band(ax, x, mean, sd, color, label, marker=None):
@@ -498,18 +524,17 @@ def continuum_figure(series, pooled):
         p = sorted(by_p)
         sizes.update(p)
         _band(ax, p, np.array([by_p[q]["mean"] for q in p]), np.array([by_p[q]["sd"] for q in p]),
-              f"C{n % 10}", label, marker="o")
+              _color(n, len(series)), label, marker="o")
     ax.set_xscale("log")
     ax.set_xticks(sorted(sizes), [str(p) for p in sorted(sizes)])
     ax.set_xticks([], minor=True)  # log minor ticks would label sizes nobody measured
-    ax.set_xlabel("continuum size p (test samples of one task adapted on together)")
+    ax.set_xlabel("continuum size p (test samples of one task, their task predicted together)")
     ax.set_ylabel("final task-agnostic accuracy (%)")
     ax.set_ylim(0, 100.5)
-    ax.set_title("Final accuracy against the continuum size" + (f"; {BAND}" if pooled else ""),
+    ax.set_title("Final accuracy against the continuum size" + (f"\n{BAND}" if pooled else ""),
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    _legend(fig, ax, len(series), "lower right")
     return fig
 
 
@@ -520,16 +545,15 @@ def loss_figure(series, pooled):
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     for n, (label, (mean, sd, starts)) in enumerate(series):
-        color = f"C{n % 10}"
+        color = _color(n, len(series))
         _band(ax, np.arange(1, len(mean) + 1), mean, sd, color, label)
         for start in starts[1:]:
             ax.axvline(start + 0.5, color=color, linestyle=":", linewidth=0.8, alpha=0.7)
     ax.set_xlabel("epoch, sessions one after another (dotted lines: a session starts)")
     ax.set_ylabel("training loss")
-    ax.set_title("Training loss" + (f"; mean over seeds, {BAND}" if pooled else ""), fontsize=9)
+    ax.set_title("Training loss" + (f"\nmean over seeds, {BAND}" if pooled else ""), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    _legend(fig, ax, len(series), "upper right")
     return fig
 
 
