@@ -147,7 +147,10 @@ def _changed(args, texts):
     args would differ (``r=1`` in a script of r = 1 changes nothing, nor does ``task_start=base``
     under the paper variant, but ``task_start=base`` under ``variant=official`` does)."""
     def checked(words):
-        return vars(check_args(overrides.apply(args, words)[0]))
+        try:
+            return vars(check_args(overrides.apply(args, words)[0]))
+        except ConfigError:  # e.g. num_task=2 is needed by num_class=4: it changes the run
+            return None
     full = checked(texts)
     return [text for i, text in enumerate(texts) if checked(texts[:i] + texts[i + 1:]) != full]
 
