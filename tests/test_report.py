@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from utils import metrics, report
+from utils import metrics, plots, report
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,21 +100,21 @@ def test_single_run_report_goes_into_its_folder(tmp_path):
 def test_paper_curve_is_overlaid_for_a_known_setting(tmp_path):
     records = report.load_run(write_run(str(tmp_path / "c"), dataset="cifar100", num_class=100,
                                         class_per_task=10))
-    curve = report.paper_curve(records)
+    curve = plots.paper_curve(records)
     assert curve["accuracy"][-1] == 77.8 and len(curve["accuracy"]) == 10
-    lines = report.figure([("c", records)]).axes[0].get_lines()
+    lines = plots.figure([("c", records)], "c").axes[0].get_lines()
     paper = [line for line in lines if line.get_label().startswith("iTAML, the paper")]
     assert len(paper) == 1 and list(paper[0].get_xdata()) == list(range(10, 101, 10))
     assert len(lines) == 5  # four protocols and the paper
     md = report.markdown([("c", records)], report.report_table([("c", records)]))
     assert f"| 10 | 77.80 | {sum(curve['accuracy']) / 10:.2f} |" in md
     digits = report.load_run(write_run(str(tmp_path / "d")))
-    assert report.paper_curve(digits) is None
-    assert len(report.figure([("d", digits)]).axes[0].get_lines()) == 4
+    assert plots.paper_curve(digits) is None
+    assert len(plots.figure([("d", digits)], "d").axes[0].get_lines()) == 4
 
 
 def test_paper_curves_file_is_consistent():
-    data = json.load(open(report.PAPER_CURVES))
+    data = json.load(open(plots.PAPER_CURVES))
     assert "arXiv:2003.11652" in data["citation"]
     for curve in data["curves"]:
         assert len(curve["accuracy"]) == curve["num_class"] // curve["class_per_task"]

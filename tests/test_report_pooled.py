@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.test_report import TABLES, write_run
-from utils import metrics, report
+from utils import metrics, plots, report
 from utils.errors import ConfigError
 
 T_975_2 = 4.302653  # Student's t quantile 0.975 with 2 degrees of freedom, from a table
@@ -200,7 +200,7 @@ def test_continuum_table_and_plot(tmp_path):
         image.verify()
     series = [(g.label, metrics.pooled_continuum([r for _, r in g.runs]))
               for g in report.group_runs(report.load_runs(a + b))]
-    ax = report.continuum_figure(series, pooled=True).axes[0]
+    ax = plots.continuum_figure(series, pooled=True).axes[0]
     assert ax.get_xscale() == "log" and len(ax.collections) == 2  # one ±sd band a group
     assert list(ax.get_lines()[0].get_xdata()) == SIZES
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([40 + p + 9 for p in SIZES])
@@ -229,7 +229,7 @@ def test_loss_curve_and_plot(tmp_path):
         assert image.format == "PNG"
         image.verify()
     assert "![training loss against the epoch](loss.png)" in (out / "report.md").read_text()
-    ax = report.loss_figure([("a", (mean, sd, starts))], pooled=True).axes[0]
+    ax = plots.loss_figure([("a", (mean, sd, starts))], pooled=True).axes[0]
     boundaries = [line.get_xdata()[0] for line in ax.get_lines()[1:]]
     assert boundaries == [4.5, 8.5] and len(ax.collections) == 1
     one = metrics.pooled_loss([report.load_run(a[0])])
@@ -242,7 +242,7 @@ def test_pooled_plot_draws_each_group_with_a_band(tmp_path):
                        class_per_task=10) for s in range(2)]
     runs += [write_seed(str(tmp_path / "d0"), 0, lr=0.5)]
     groups = report.group_runs(report.load_runs(runs))
-    fig = report.pooled_figure(groups, report.pooled_table(groups))
+    fig = plots.pooled_figure(groups, report.pooled_table(groups))
     axes = fig.axes
     assert len(axes) == 4 and "continuum of 20" in axes[0].get_title()
     labels = [line.get_label() for line in axes[0].get_lines()]

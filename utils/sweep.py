@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import importlib.util
 import itertools
-import json
 import os
 import queue
 import re
