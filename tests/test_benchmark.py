@@ -59,3 +59,51 @@ def test_cuda_without_a_gpu_says_so(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: args.gpu_data = True needs a GPU but no GPU is visible")
     assert err.count("\n") == 1
+
+
+def test_the_end_to_end_run_writes_its_timings_and_estimate(tmp_path, capsys):
+    """benchmarks/e2e_cifar.py on a tiny fake CIFAR-100 and the CPU (the GPU check runs it full)."""
+    from torchvision.datasets import CIFAR100
+    from benchmarks import e2e_cifar
+    real = CIFAR100.train_list
+    out = tmp_path / "e2e.json"
+    common = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--json",
+              str(out), "--per-class", "3,2", "--epochs", "1", "device=cpu", "num_workers=0",
+              "train_batch=16", "test_batch=32", "adapt_batch=8", "memory=20"]
+    e2e_cifar.main(common)
+    result = json.loads(out.read_text())["loader"]
+    assert [s["session"] for s in result["sessions"]] == [0, 1]
+    assert result["device"] == "cpu" and result["wall_seconds"] > 0
+    first, second = result["sessions"]
+    want = (70 * (first["train_seconds"] + 9 * second["train_seconds"]) + first["eval_seconds"]
+            + sum(second["eval_seconds"] * (t + 1) / 2 for t in range(1, 10))) / 60
+    assert result["estimated_full_cifar100_run_minutes"] == pytest.approx(want)
+    assert "estimated full CIFAR-100 run" in capsys.readouterr().out
+    assert CIFAR100.train_list == real  # torchvision's checksums are put back
+
+
+def test_the_gpu_summary_checks_each_target_and_names_what_is_missing(tmp_path, capsys):
+    from benchmarks import gpu_summary
+    (tmp_path / "device.json").write_text(json.dumps({"line": "NVIDIA H100, torch 2.11"}))
+    (tmp_path / "test_cuda.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="9" failures="1" errors="0" skipped="0">'
+        '<testcase name="test_a"/><testcase name="test_b"><failure message="x"/></testcase>'
+        '</testsuite></testsuites>')
+    bench = {"ratio_itaml_vs_plain": {"tasks10_r1": 4.0}, "speedup_vs_naive": {"tasks10_r1": 2.0},
+             "ratio_batched_vs_plain": {"tasks10_r1": 1.2}, "ratio_eval_vs_forward": 3.5,
+             "seconds": {"plain": 0.004}, "estimated_full_cifar100_run_hours": 0.25}
+    (tmp_path / "bench_fp32.json").write_text(json.dumps(bench))
+    (tmp_path / "e2e.json").write_text(json.dumps({"gpu_data": {
+        "wall_seconds": 20.0, "estimated_full_cifar100_run_minutes": 18.0,
+        "sessions": [{"train_seconds": 5.0, "eval_seconds": 1.0}]}}))
+    gpu_summary.main([str(tmp_path)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tests"]["passed"] == 8 and summary["tests"]["failed"] == ["test_b"]
+    checks = {name: (t["measured"], t["holds"]) for name, t in summary["targets"].items()}
+    assert checks == {"batched 10-task step ÷ plain step (fp32)": (1.2, True),
+                      "evaluation at session 9 ÷ one forward pass": (3.5, False),
+                      "full CIFAR-100 run, minutes": (18.0, True)}
+    text = (tmp_path / "summary.md").read_text()
+    assert "Device: NVIDIA H100, torch 2.11" in text and "(failed: test_b)" in text
+    assert "| amp | missing |" in text and "| compile | missing |" in text
+    assert "| evaluation at session 9 ÷ one forward pass | ≤ 3.0 | 3.50 | **no** |" in text
