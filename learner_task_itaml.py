@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils import distributed
+from utils.batched import BatchedFirstSteps
 from utils.errors import Diverged
 from utils.flat import FlatBuffer
 
@@ -211,6 +212,9 @@ class MetaLearner:
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizers = {}  # task k, or "shared": one state for all tasks (task_optimizer)
         self.lr = cfg.lr
+        # args.batched_tasks: every task's first inner step in one pass (utils/batched.py)
+        self.batched = (BatchedFirstSteps(model, cfg, self.weights, self.running)
+                        if cfg.batched_tasks else None)
 
     def optimizer_for(self, k):
         key = k if self.cfg.task_optimizer == "per_task" else "shared"
@@ -224,19 +228,25 @@ class MetaLearner:
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def inner_loop(self, x, y, k):
+    def inner_loop(self, x, y, k, first=None):
         """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice.
-        Returns the last step's loss as a tensor (reading it would wait for the GPU)."""
+        Returns the last step's loss as a tensor (reading it would wait for the GPU). ``first``:
+        the first step's (gradient, loss), already computed by the batched pass
+        (``args.batched_tasks``), so that step only runs the optimizer."""
         opt = self.optimizer_for(k)
         # One sample switches BatchNorm layers by their input size: not a graph to compile for.
         forward = self.model if len(x) == 1 else self.forward
-        for _ in range(self.cfg.r):
-            self.grads.zero_()
+        for step in range(self.cfg.r):
             for p, g in zip(self.weights.tensors, self.grad_views):
                 p.grad = g  # again every step: a zero_grad elsewhere would have set it to None
-            with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
-                loss = task_loss(forward(x), y, k, self.cfg.class_per_task)
-            loss.backward()
+            if step == 0 and first is not None:
+                self.grads.copy_(first[0])
+                loss = first[1]
+            else:
+                self.grads.zero_()
+                with single_sample_guard(self.model, len(x)), autocast(self.cfg, self.device):
+                    loss = task_loss(forward(x), y, k, self.cfg.class_per_task)
+                loss.backward()
             opt.step()
         return loss.detach()
 
@@ -290,13 +300,15 @@ class MetaLearner:
         mean = (_MeanOfTasks(self, base, len(batches), shares) if self.cfg.meta_target == "mean"
                 else None)
         losses = []
-        for k, x, y in batches:
+        first = self._first_steps(batches)
+        for i, (k, x, y) in enumerate(batches):
             if self.cfg.task_start == "base":
                 with torch.no_grad():
                     weights.copy_(base)
                     if running is not None:
                         running.copy_(base_running)
-            losses.append(self.inner_loop(x, y, k))
+            losses.append(self.inner_loop(x, y, k, None if first is None
+                                          else first.start(i, running)))
             if mean is not None:
                 mean.add(k, len(y))
         if mean is not None:
@@ -304,6 +316,14 @@ class MetaLearner:
         # Under torchrun: the ranks' live weights and statistics, averaged (a plain run: unchanged).
         distributed.all_reduce_mean_([t for t in (weights, running) if t is not None], self.ctx)
         return losses, weights, None
+
+    def _first_steps(self, batches):
+        """Under ``args.batched_tasks``, every task's first inner step from Φ_base (the live weights
+        when it is called) as one pass: a ``utils.batched.FirstSteps``; otherwise None."""
+        if self.batched is None:
+            return None
+        with autocast(self.cfg, self.device):
+            return self.batched(batches)
 
     def _running_data(self):
         """The BatchNorm statistics' buffer, or None for a network without them (the MLP)."""

@@ -129,6 +129,7 @@ SCHEMA = {
     "amp": (*_bool(), False),
     "compile": (*_bool(), False),
     "gpu_data": (*_bool(), False),
+    "batched_tasks": (*_bool(), False),
 }
 
 
@@ -163,6 +164,7 @@ def check_args(args):
                           "so remove the field.")
     _check_split(cfg)
     _check_speed_options(cfg)
+    check_batched_tasks(cfg)
     return cfg
 
 
@@ -188,6 +190,16 @@ def _check_split(cfg):
         raise ConfigError(f"args.memory = {cfg.memory} is smaller than args.num_class = "
                           f"{cfg.num_class}, so the last session could keep no exemplar of some "
                           "classes; give at least one exemplar a class.")
+
+
+def check_batched_tasks(cfg):
+    """``batched_tasks`` runs the tasks' first inner steps together, so they must all start from the
+    same weights."""
+    if cfg.batched_tasks and cfg.task_start != "base":
+        raise ConfigError(f"args.batched_tasks = True runs the first inner step of all tasks "
+                          f"together from the base weights, but args.task_start = "
+                          f"{cfg.task_start!r} starts each task from the weights the one before it "
+                          "left; set task_start = 'base' or batched_tasks = False.")
 
 
 def _check_speed_options(cfg):
