@@ -9,14 +9,17 @@ variant unless ``--variant official`` (the script's) is given, it times:
 - ``plain``: one ordinary supervised step, BCE over all 100 seen classes, on a batch of 128;
 - ``itaml``: ``MetaLearner.meta_step`` on a batch of 128 holding 1, 5 or 10 tasks, r = 1 and 2;
 - ``naive``: the same update written the straightforward way (``benchmarks/naive.py``);
+- ``itaml_batched``: ``meta_step`` with ``args.batched_tasks`` (every task's first inner step in one
+  padded forward/backward), where the tasks all start from the base (the paper variant);
 - ``eval``: ``evaluate`` (all four protocols) over 10,000 test images at session 9, the adaptation
   on the 2,000 exemplars included, against one plain forward pass over the same images.
 
 A batch with n tasks is drawn from the training pool of session n − 1 of CIFAR-100 10×10: the new
 task's 5,000 images and 2,000 exemplars spread over the earlier tasks, so most of it is the new task
 and the earlier tasks hold a few samples each, as in a real run. Repetitions are interleaved, each
-iTAML and naive step timed right after a plain step, and every ratio is the median over the
-repetitions of the ratio within one repetition, which cancels most of a shared machine's drift.
+case's iTAML, naive and batched steps timed right after a plain step, and every ratio is the median
+over the repetitions of the ratio within one repetition, which cancels most of a shared machine's
+drift.
 The full-run estimate scales the measured times to the 70 epochs of every session.
 """
 import argparse
@@ -50,6 +53,12 @@ from utils.errors import ConfigError  # noqa: E402
 TASK_COUNTS = (1, 5, 10)
 R_VALUES = (1, 2)
 NEW_TASK_IMAGES = 5000  # CIFAR-100: 500 training images a class, 10 classes a task
+# The JSON's ratios, each case's the median over repetitions of the ratio within one:
+RATIOS = ("ratio_itaml_vs_plain",     # itaml ÷ (r × plain)
+          "speedup_vs_naive",         # naive ÷ itaml
+          "ratio_naive_vs_plain",     # naive ÷ (r × plain): the most speedup_vs_naive can reach
+          "ratio_batched_vs_plain",   # itaml_batched ÷ (r × plain)
+          "speedup_batched_vs_loop")  # itaml ÷ itaml_batched
 
 
 def parse(argv):
@@ -130,7 +139,8 @@ class Plain:
 
 
 def step_cases(cfg, device, opts, model):
-    """Every (tasks, r) case: its batch, our learner and the naive one, each on its own copy."""
+    """Every (tasks, r) case: its batch, our learner, the naive one and, where the tasks all start
+    from the base, our learner with ``batched_tasks`` (else None), each on its own copy."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(opts.batch, 3, opts.image_size, opts.image_size, generator=generator)
     cases = {}
@@ -143,39 +153,55 @@ def step_cases(cfg, device, opts, model):
             plain_cfg = copy.copy(case_cfg)
             plain_cfg.channels_last = plain_cfg.amp = plain_cfg.compile = False
             naive = NaiveMetaLearner(copy.deepcopy(model).train(), plain_cfg, tasks - 1)
+            batched = batched_learner(model, case_cfg, tasks - 1, device)
             xd, yd = x.to(device), y.to(device)
             cases[f"tasks{tasks}_r{r}"] = (  # ours plans its task split from host labels
                 lambda ours=ours, xd=xd, y=y: ours.meta_step(xd, y).item(),
-                lambda naive=naive, xd=xd, yd=yd: naive.meta_step(xd, yd))
+                lambda naive=naive, xd=xd, yd=yd: naive.meta_step(xd, yd),
+                None if batched is None else
+                lambda batched=batched, xd=xd, y=y: batched.meta_step(xd, y).item())
     plain = Plain(copy.deepcopy(model), cfg, device, cfg.num_class)
     xp = to_input(x, cfg, device)
     yp = torch.randint(cfg.num_class, (opts.batch,), generator=generator).to(device)
     return cases, lambda: plain.step(xp, yp)
 
 
+def batched_learner(model, cfg, session, device):
+    """Our learner with ``batched_tasks`` on its own copy, or None where the variant's tasks start
+    from the previous task's weights (they cannot run together)."""
+    if cfg.task_start != "base":
+        return None
+    batched_cfg = copy.copy(cfg)
+    batched_cfg.batched_tasks = True
+    return MetaLearner(copy.deepcopy(model).train(), batched_cfg, session, device)
+
+
 def bench_steps(cfg, device, opts, model):
     cases, plain = step_cases(cfg, device, opts, model)
     plain()
-    for ours, naive in cases.values():  # warm-up: optimizer states, kernels, compilation
-        ours()
-        naive()
-    times = {"plain": [], **{f"itaml_{c}": [] for c in cases}, **{f"naive_{c}": [] for c in cases}}
-    ratio = {c: [] for c in cases}
-    speedup = {c: [] for c in cases}
-    naive_ratio = {c: [] for c in cases}
+    for steps in cases.values():  # warm-up: optimizer states, kernels, compilation
+        for step in filter(None, steps):
+            step()
+    times = {"plain": [], **{f"{kind}_{c}": [] for kind in ("itaml", "naive", "itaml_batched")
+                             for c in cases}}
+    ratios = {key: {c: [] for c in cases} for key in RATIOS}
     r_of = {c: int(c.rsplit("_r", 1)[1]) for c in cases}
     for _ in range(opts.reps):
-        for case, (ours, naive) in cases.items():
+        for case, (ours, naive, batched) in cases.items():
             tp, ti, tn = timed(plain, device), timed(ours, device), timed(naive, device)
-            times["plain"].append(tp)
-            times[f"itaml_{case}"].append(ti)
-            times[f"naive_{case}"].append(tn)
-            ratio[case].append(ti / (r_of[case] * tp))
-            speedup[case].append(tn / ti)
-            naive_ratio[case].append(tn / (r_of[case] * tp))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return med, *({c: statistics.median(v) for c, v in d.items()}
-                  for d in (ratio, speedup, naive_ratio))
+            tb = None if batched is None else timed(batched, device)
+            for kind, t in (("plain", tp), ("itaml", ti), ("naive", tn), ("itaml_batched", tb)):
+                if t is not None:
+                    times[kind if kind == "plain" else f"{kind}_{case}"].append(t)
+            ratios["ratio_itaml_vs_plain"][case].append(ti / (r_of[case] * tp))
+            ratios["speedup_vs_naive"][case].append(tn / ti)
+            ratios["ratio_naive_vs_plain"][case].append(tn / (r_of[case] * tp))
+            if tb is not None:
+                ratios["ratio_batched_vs_plain"][case].append(tb / (r_of[case] * tp))
+                ratios["speedup_batched_vs_loop"][case].append(ti / tb)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    return med, {key: {c: statistics.median(v) for c, v in d.items() if v}
+                 for key, d in ratios.items()}
 
 
 # ---------------------------------------------------------------- inference
@@ -241,13 +267,21 @@ def full_run_hours(cfg, med, forward_s, eval_s, test_images):
     return total / 3600
 
 
-def table(med, ratio, speedup, naive_ratio, forward_s, eval_s, eval_ratio):
-    rows = [f"{'case':<14}{'plain s':>10}{'itaml s':>10}{'naive s':>10}"
-            f"{'itaml/(r·plain)':>17}{'naive/itaml':>13}{'naive/(r·plain)':>17}"]
-    for case in ratio:
+def table(med, ratios, forward_s, eval_s, eval_ratio):
+    rows = [f"{'case':<14}{'plain s':>10}{'itaml s':>10}{'naive s':>10}{'itaml_batched s':>17}"
+            f"{'itaml/(r·plain)':>17}{'naive/itaml':>13}{'naive/(r·plain)':>17}"
+            f"{'batched/(r·plain)':>19}{'itaml/batched':>15}"]
+
+    def cell(value, width):  # "-" where the variant has no batched step
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
+    for case in ratios["ratio_itaml_vs_plain"]:
         rows.append(f"{case:<14}{med['plain']:>10.3f}{med['itaml_' + case]:>10.3f}"
-                    f"{med['naive_' + case]:>10.3f}{ratio[case]:>17.3f}{speedup[case]:>13.3f}"
-                    f"{naive_ratio[case]:>17.3f}")
+                    f"{med['naive_' + case]:>10.3f}{cell(med.get('itaml_batched_' + case), 17)}"
+                    f"{ratios['ratio_itaml_vs_plain'][case]:>17.3f}"
+                    f"{ratios['speedup_vs_naive'][case]:>13.3f}"
+                    f"{ratios['ratio_naive_vs_plain'][case]:>17.3f}"
+                    f"{cell(ratios['ratio_batched_vs_plain'].get(case), 19)}"
+                    f"{cell(ratios['speedup_batched_vs_loop'].get(case), 15)}")
     rows.append(f"eval at session 9: {eval_s:.2f} s, one forward pass {forward_s:.2f} s, "
                 f"ratio {eval_ratio:.3f}")
     return "\n".join(rows)
@@ -272,13 +306,11 @@ def main(argv=None):
     device = torch.device(opts.device)
     torch.manual_seed(0)
     model = ReducedResNet18((3, opts.image_size, opts.image_size), cfg.num_class).to(device)
-    med, ratio, speedup, naive_ratio = bench_steps(cfg, device, opts, model)
+    med, ratios = bench_steps(cfg, device, opts, model)
     forward_s, eval_s, eval_ratio, test_images = bench_eval(cfg, device, opts, model)
-    print(table(med, ratio, speedup, naive_ratio, forward_s, eval_s, eval_ratio))
+    print(table(med, ratios, forward_s, eval_s, eval_ratio))
     result = {
-        "ratio_itaml_vs_plain": ratio, "speedup_vs_naive": speedup,
-        # naive ÷ (r × plain): the most speedup_vs_naive can reach, for a step costing r plain ones
-        "ratio_naive_vs_plain": naive_ratio,
+        **ratios,  # the batched ones empty in the official variant, whose tasks cannot run together
         "ratio_eval_vs_forward": eval_ratio,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": device_name(device),

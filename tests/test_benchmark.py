@@ -10,6 +10,8 @@ from benchmarks import bench_step as B
 TINY = ["--batch", "16", "--image-size", "8", "--test-images", "200", "--memory", "200",
         "--reps", "1", "--eval-reps", "1"]
 CASES = {f"tasks{n}_r{r}" for n in (1, 5, 10) for r in (1, 2)}
+RATIOS = ("ratio_itaml_vs_plain", "speedup_vs_naive", "ratio_naive_vs_plain",
+          "ratio_batched_vs_plain", "speedup_batched_vs_loop")
 
 
 def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
@@ -18,17 +20,37 @@ def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert set(result["ratio_itaml_vs_plain"]) == set(result["speedup_vs_naive"]) == CASES
     assert set(result["ratio_naive_vs_plain"]) == CASES
-    for key in ("ratio_itaml_vs_plain", "speedup_vs_naive", "ratio_naive_vs_plain"):
+    assert set(result["ratio_batched_vs_plain"]) == set(result["speedup_batched_vs_loop"]) == CASES
+    for key in RATIOS:
         assert all(v > 0 and math.isfinite(v) for v in result[key].values())
     for case in CASES:  # each a median of the same repetition's ratios (one repetition here)
         assert result["ratio_naive_vs_plain"][case] == pytest.approx(
             result["ratio_itaml_vs_plain"][case] * result["speedup_vs_naive"][case])
+        assert result["ratio_itaml_vs_plain"][case] == pytest.approx(
+            result["ratio_batched_vs_plain"][case] * result["speedup_batched_vs_loop"][case])
+        assert result["seconds"][f"itaml_batched_{case}"] > 0
     assert result["ratio_eval_vs_forward"] > 1  # evaluation holds at least one forward pass
     assert result["peak_rss_mb"] > 0 and result["device"].startswith("cpu")
     assert result["test_images"] == 200 and result["estimated_full_cifar100_run_hours"] > 0
     assert result["settings"]["variant"] == "paper"  # the tables' training, not the script's
     printed = capsys.readouterr().out
     assert "itaml/(r·plain)" in printed and "naive/(r·plain)" in printed and "tasks10_r2" in printed and "eval at session 9" in printed
+    assert "itaml_batched s" in printed and "batched/(r·plain)" in printed
+    assert "itaml/batched" in printed
+
+
+def test_the_official_variant_has_no_batched_step(monkeypatch):
+    """Its tasks start from the previous task's weights, so they cannot run together: the batched
+    keys are empty and no batched learner is made (the timing itself is the test above's)."""
+    made = []
+    monkeypatch.setattr(B, "bench_eval", lambda *a: (1.0, 3.0, 3.0, 200))
+    real = B.MetaLearner
+    monkeypatch.setattr(B, "MetaLearner", lambda m, cfg, *a: made.append(cfg.batched_tasks)
+                        or real(m, cfg, *a))
+    result = B.main(TINY + ["--variant", "official"])
+    assert result["ratio_batched_vs_plain"] == result["speedup_batched_vs_loop"] == {}
+    assert set(result["ratio_itaml_vs_plain"]) == CASES and made == [False] * len(CASES)
+    assert not any(key.startswith("itaml_batched") for key in result["seconds"])
 
 
 def test_a_batch_of_n_tasks_holds_exactly_n_tasks_mostly_the_new_one():
