@@ -52,6 +52,7 @@ class args:
     amp = False                         # bf16 autocast of forward passes (GPU only)
     compile = False                     # torch.compile the inner loop's forward (GPU only)
     gpu_data = False                    # hold the data set on the GPU and augment there (GPU only)
+    batched_tasks = False               # all tasks' first inner step in one pass (GPU, paper variant)
 
 
 if __name__ == "__main__":
