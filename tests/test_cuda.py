@@ -101,6 +101,24 @@ def test_a_resume_on_the_gpu_continues_a_gpu_run(tmp_path):
     assert manifest["resumes"][-1]["device"]["name"].startswith("cuda")
 
 
+def test_the_batched_first_steps_equal_the_loop_on_the_gpu(cfg_factory, exact_float32):
+    cfg = dict(variant="paper", r=2, optimizer="radam", lr=1e-3, weight_decay=1e-3, beta=1.0,
+               num_class=CPT * TASKS, class_per_task=CPT, num_task=TASKS)
+    torch.manual_seed(0)
+    start = ReducedResNet18((3, 8, 8), CPT * TASKS).cuda()
+    models = {}
+    for batched in (False, True):
+        model = copy.deepcopy(start)
+        learner = L.MetaLearner(model, cfg_factory(batched_tasks=batched, **cfg), session=2,
+                                device="cuda")
+        for seed in (0, 1):
+            learner.meta_step(*batch(seed))
+        learner.release()
+        models[batched] = model.state_dict()
+    for name, value in models[True].items():
+        torch.testing.assert_close(value, models[False][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 SHRUNK = dict(epochs=1, schedule=[], train_batch=16, test_batch=32, num_workers=0, adapt_batch=8,
               continuum=4, num_class=20, class_per_task=10, num_task=2, memory=20, device="cuda")
 
@@ -113,12 +131,15 @@ def cifar_args(tmp_path, monkeypatch, **over):
 
 
 # Last in the file, compile last: it takes longest, so a time limit cuts nothing else.
-@pytest.mark.parametrize("option", ["amp", "gpu_data", "channels_last", None, "compile"])
+@pytest.mark.parametrize("option", ["amp", "gpu_data", "channels_last", "batched_tasks", None,
+                                    "compile"])
 def test_each_speed_option_runs_two_sessions_to_finite_labelled_results(tmp_path, monkeypatch,
                                                                          option):
     over = {"channels_last": False}
     if option:
         over[option] = True
+    if option == "batched_tasks":
+        over["variant"] = "paper"  # its tasks all start from the base
     records = run(cifar_args(tmp_path, monkeypatch, **over), 0, "train_cifar.py")
     assert [r["session"] for r in records] == [0, 1]
     for r in records:
