@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from utils.errors import ConfigError
-from utils.overrides import command
+from utils.overrides import command, fields
 
 try:
     import fcntl
@@ -112,8 +112,7 @@ class RunStore:
 
     def overridden(self):
         """The fields the command line set, savepoint included when it followed the checkpoint."""
-        names = [text.split("=", 1)[0] for text in self.overrides]
-        return names + (["savepoint"] if "checkpoint" in names and "savepoint" not in names else [])
+        return fields(text.split("=", 1)[0] for text in self.overrides)
 
     def session_json(self, t):
         return os.path.join(self.cfg.checkpoint, f"session_{t}.json")

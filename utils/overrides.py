@@ -65,9 +65,16 @@ def apply(args, texts):
             raise ConfigError(f"the override {text!r} sets args.{name} = {value!r}, which is "
                               f"invalid; it must be {valid}.")
         values[name] = value
-    if "checkpoint" in values and "savepoint" not in values:
+    if "savepoint" in fields(values) and "savepoint" not in values:
         values["savepoint"] = savepoint_for(values["checkpoint"])
     return type(args.__name__, (args,), values), values
+
+
+def fields(names):
+    """The fields a command line with overrides of ``names`` sets: those, and savepoint where only
+    the checkpoint was given, since the models then follow it (``savepoint_for``)."""
+    names = list(names)
+    return names + (["savepoint"] if "checkpoint" in names and "savepoint" not in names else [])
 
 
 def savepoint_for(checkpoint):

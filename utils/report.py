@@ -300,8 +300,8 @@ def pooled_markdown(groups, table):
              "h = t(0.975, n−1)·sd/√n. Both are blank for a group of one seed.", "",
              "## Groups", "",
              "Runs whose args differ only in `seed` and in where and how they ran (`" +
-             "`, `".join(EXECUTION_FIELDS) + "`) are seeds of one group; a group is named by the "
-             "args that differ between the groups.", ""]
+             "`, `".join(EXECUTION_FIELDS) + "`) are seeds of one group; a group is named by where "
+             "its args depart from those most groups share.", ""]
     for g in groups:
         parts += _group_lines(g)
     header = ["group", "protocol", "n", "sessions"]
@@ -368,8 +368,8 @@ def _continuum_section(rows, pooled):
     spread = " (mean ± sd over seeds)" if pooled else ""
     return ["## Final accuracy against the continuum size", "",
             f"Task-agnostic accuracy on all classes after the last session{spread} when the task "
-            "is inferred from, and the model adapted on, continua of p test samples of one task "
-            "(the paper's analysis of p).", "", _md_table(header, cells), "",
+            "is inferred from continua of p test samples of one task (the paper's analysis of "
+            "p); the adapted models are the same for every p.", "", _md_table(header, cells), "",
             "![final accuracy against the continuum size](continuum.png)", ""]
 
 
@@ -399,7 +399,8 @@ def _run_files(runs):
     """The per-run report of ``runs`` [(label, records)]: its table and {file name: content}."""
     table = report_table(runs)
     files = {"report.csv": table.to_csv(index=False, float_format="%.4f"),
-             "report.md": markdown(runs, table), "accuracy.png": png(figure(runs, "; ".join(_describe(r) for _, r in runs[:2])))}
+             "report.md": markdown(runs, table),
+             "accuracy.png": png(figure(runs, "; ".join(_describe(r) for _, r in runs[:2])))}
     files.update(_extra_figures([(label, [records]) for label, records in runs], pooled=False))
     return table, files
 

@@ -179,8 +179,9 @@ def launch(run, script, cores, log_path):
     threads = str(len(cores))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     log = open(log_path, "a", encoding="utf-8")
-    command = [sys.executable, script, str(run.finished_sessions())] + run.texts
-    log.write(f"$ {overrides.command(script, run.finished_sessions(), run.texts)}\n")
+    start = run.finished_sessions()
+    command = [sys.executable, script, str(start)] + run.texts
+    log.write(f"$ {overrides.command(script, start, run.texts)}\n")
     log.flush()
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                             preexec_fn=_child_setup(cores), stdin=subprocess.DEVNULL)
