@@ -8,6 +8,7 @@ as the authors' code had them, "corrected" as the README explains (``pipeline``)
 """
 import math
 import os
+import random
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -440,9 +441,10 @@ def load_imagenet(cfg):
 
 
 # MS-Celeb-10K as the release cut it from MS-Celeb-1M's aligned faces (one folder per identity): the
-# sorted folder list shuffled with seed 3, then the first CELEB_IDENTITIES identities holding more than
-# CELEB_MORE_THAN images, of each the first CELEB_TRAIN images (by file name) to train, the next
-# CELEB_TEST to test.
+# sorted folder list shuffled by Python's random seeded 3, then the first CELEB_IDENTITIES identities
+# holding more than CELEB_MORE_THAN images, of each the first CELEB_TRAIN images (by file name) to
+# train, the next CELEB_TEST to test. Classes are numbered as the release numbered them: by the kept
+# folder names compared as strings ('10' before '2'), not by the order the walk keeps them.
 CELEB_SEED = 3
 CELEB_IDENTITIES = 10_000
 CELEB_MORE_THAN = 45
@@ -467,24 +469,33 @@ def load_celeb(cfg):
 
 
 def celeb_identities(root):
-    """(identity names, train samples, test samples) of the release's MS-Celeb-10K under ``root``;
-    labels follow the order identities are kept in. The release shuffled with seed 3 but its random
-    generator is unknown, so the identities kept here may not be the ones it kept. Each folder's
-    images are taken in sorted order, so that the cut does not depend on the file system."""
+    """(identity names, train samples, test samples) of the release's MS-Celeb-10K under ``root``.
+    Which identities are kept, and which of their images train or test, follow the order of the walk;
+    class c is the c-th kept folder name in sorted string order, so ``names`` is sorted and '10' comes
+    before '2'. The release kept [path, name] rows in a numpy string array and numbered classes by
+    ``np.unique`` of the names, in train and test alike; this is that numbering. The release shuffled
+    with Python's ``random`` seeded 3, as here, but it shuffled ``os.listdir``'s order, which depends
+    on the file system, so the identities kept here may not be the ones it kept; here the folders
+    are sorted first, and each folder's images are taken in sorted order, so that the cut does not
+    depend on the file system."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
-    names, train, test = [], [], []
-    for i in np.random.RandomState(CELEB_SEED).permutation(len(folders)):
-        if len(names) == CELEB_IDENTITIES:
+    kept = []  # (name, train paths, test paths), in the order of the walk
+    walk = list(range(len(folders)))
+    random.Random(CELEB_SEED).shuffle(walk)  # the release: random.seed(3); random.shuffle(...)
+    for i in walk:
+        if len(kept) == CELEB_IDENTITIES:
             break
         folder = os.path.join(root, folders[i])
         images = sorted(f for f in os.listdir(folder) if has_file_allowed_extension(f, IMG_EXTENSIONS))
         if len(images) <= CELEB_MORE_THAN:
             continue
         paths = [os.path.join(folder, f) for f in images]
-        train += [(p, len(names)) for p in paths[:CELEB_TRAIN]]
-        test += [(p, len(names)) for p in paths[CELEB_TRAIN:CELEB_TRAIN + CELEB_TEST]]
-        names.append(folders[i])
+        kept.append((folders[i], paths[:CELEB_TRAIN], paths[CELEB_TRAIN:CELEB_TRAIN + CELEB_TEST]))
+    names = sorted(name for name, _, _ in kept)
+    label = {name: c for c, name in enumerate(names)}
+    train = [(p, label[name]) for name, paths, _ in kept for p in paths]
+    test = [(p, label[name]) for name, _, paths in kept for p in paths]
     return names, train, test
 
 

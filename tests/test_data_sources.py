@@ -1,5 +1,6 @@
 """Every data set's reader on a tiny fake copy in its real on-disk format, and its missing-data message."""
 import os
+import random
 import urllib.error
 
 import numpy as np
@@ -262,9 +263,10 @@ def test_cub_missing_and_corrupt_files(tmp_path, cfg_factory):
 # ------------------------------------------------------------------ MS-Celeb-1M identity folders
 
 # Sorted, m.0a..m.0e; RandomState(3).permutation(5) = [3, 4, 1, 0, 2] walks d, e, b, a, c. Only more
-# than 45 images qualify, so b (45) and e (10) are passed over: d, a, c kept, in that order.
+# than 45 images qualify, so b (45) and e (10) are passed over: d, a, c kept, in that order, and
+# numbered by name: a 0, c 1, d 2.
 IDENTITY_COUNTS = {"m.0a": 46, "m.0b": 45, "m.0c": 50, "m.0d": 47, "m.0e": 10}
-KEPT = ["m.0d", "m.0a", "m.0c"]
+KEPT = ["m.0a", "m.0c", "m.0d"]  # in the walk's order
 
 
 def celeb_cfg(cfg_factory, root, **over):
@@ -276,20 +278,44 @@ def celeb_cfg(cfg_factory, root, **over):
 
 def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, monkeypatch):
     files = F.write_identity_folders(str(tmp_path), IDENTITY_COUNTS)
-    assert np.random.RandomState(3).permutation(5).tolist() == [3, 4, 1, 0, 2]
+    walk = list(range(5))
+    random.Random(3).shuffle(walk)  # the release's generator: Python's random, seeded 3
+    assert walk == [0, 2, 3, 4, 1]
     src = S.load_celeb(celeb_cfg(cfg_factory, tmp_path))
-    assert src.class_names == KEPT and src.num_class == 3 and src.input_shape == (3, 16, 16)
-    for label, name in enumerate(KEPT):  # the first kept identity is class 0
+    assert src.class_names == sorted(KEPT) and src.num_class == 3 and src.input_shape == (3, 16, 16)
+    for label, name in enumerate(sorted(KEPT)):
         for split, want in ((src.train, files[name][:30]), (src.test, files[name][30:45])):
             paths = [p for p, y in split.samples if y == label]
             assert [os.path.basename(p) for p in paths] == want
             assert {os.path.basename(os.path.dirname(p)) for p in paths} == {name}
     assert np.bincount(src.train_labels).tolist() == [30] * 3
     assert np.bincount(src.test_labels).tolist() == [15] * 3
-    x, y = src.train[31]
+    x, y = src.train[31]  # the second image of m.0c, kept second
     assert x.shape == (3, 16, 16) and y == 1
     monkeypatch.setattr(S, "CELEB_IDENTITIES", 2)  # the walk stops once enough are kept
-    assert S.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == KEPT[:2]
+    assert S.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == sorted(KEPT[:2])
+
+
+def test_celeb_classes_numbered_by_name_as_strings(tmp_path, cfg_factory):
+    """The release numbered identities by np.unique over their names as strings: '10' before '2'.
+    Sorted, the folders are 1, 10, 2, 20, 3; the walk [0, 2, 3, 4, 1] visits 1, 2, 20, 3, 10 and
+    passes over 3 (45 images). Kept order, numeric order and string order all differ."""
+    files = F.write_identity_folders(str(tmp_path), {"1": 46, "10": 47, "2": 48, "3": 45, "20": 46})
+    names, train, test = S.celeb_identities(str(tmp_path))
+    assert names == ["1", "10", "2", "20"]
+    for split in (train, test):
+        for path, label in split:
+            assert label == names.index(os.path.basename(os.path.dirname(path)))
+        rows = np.array([[p, os.path.basename(os.path.dirname(p))] for p, _ in split])
+        classes, release_labels = np.unique(rows[:, 1], return_inverse=True)  # the release's numbering
+        assert classes.tolist() == names and [y for _, y in split] == release_labels.tolist()
+    assert names.index("10") < names.index("2")
+    # which images go where is the walk's cut, unchanged by the numbering
+    folders = [os.path.basename(os.path.dirname(p)) for p, _ in train]
+    assert list(dict.fromkeys(folders)) == ["1", "2", "20", "10"]
+    for name in names:
+        assert [os.path.basename(p) for p, y in train if y == names.index(name)] == files[name][:30]
+        assert [os.path.basename(p) for p, y in test if y == names.index(name)] == files[name][30:45]
 
 
 def test_celeb_identity_folders_none_qualifies(tmp_path, cfg_factory):
