@@ -5,6 +5,7 @@ import stat
 import pytest
 
 from utils.checkpoint import atomic_write, write_text
+from utils.errors import ConfigError
 
 
 def test_written_files_follow_the_umask(tmp_path):
@@ -23,7 +24,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     def fail(f):
         f.write(b"half")
         raise OSError("disk full")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match=r"^.*b\.txt could not be written \(disk full\); make room "
+                                          r"on its disk or fix its folder, then run the command "
+                                          r"again: finished sessions are kept\.$"):
         atomic_write(path, fail)
     assert open(path).read() == "old" and os.listdir(tmp_path) == ["b.txt"]
 

@@ -33,8 +33,18 @@ TEMPORARY = re.compile(r"^\.(session_\d+(\.json|_model\.pt|_memory\.json)|summar
 
 def atomic_write(path, write):
     """Write through ``write(file_object)`` to a temporary name in the same folder, then move it into
-    place: readers see the old file or the whole new one, never a part, even after a kill."""
+    place: readers see the old file or the whole new one, never a part, even after a kill. A write
+    that fails (a full disk, a folder gone read-only) stops with one sentence naming the file."""
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        _write_then_move(path, folder, write)
+    except OSError as e:
+        raise ConfigError(f"{path} could not be written ({_why(e, folder)}); make room on its disk "
+                          "or fix its folder, then run the command again: finished sessions are "
+                          "kept.") from None
+
+
+def _write_then_move(path, folder, write):
     make_folder(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
     try:
@@ -49,6 +59,19 @@ def atomic_write(path, write):
             os.remove(tmp)
         raise
     fsync_folder(folder)  # the rename itself survives a power cut
+
+
+def _why(error, folder):
+    """An OSError in words; where a regular file stands in the place of ``folder`` or of a folder
+    above it, that file is named instead, since the system's words ("File exists", "Not a
+    directory") hide it."""
+    above = os.path.abspath(folder)
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if os.path.isfile(above):
+        return f"{above} is a file, not a folder"
+    words = error.strerror or str(error)
+    return f"{words}: {error.filename}" if error.filename else words
 
 
 def make_folder(folder):
@@ -233,13 +256,34 @@ class RunStore:
                 removed.append(name)
         return removed
 
+    def check_writable(self):
+        """Create args.checkpoint and args.savepoint, and a nameless file in each, before any
+        training: a folder that cannot be written then stops the run at once, not at session 0's
+        first save. The probe files have random names and vanish on close, so no file of a finished
+        session is touched."""
+        for field in ("checkpoint", "savepoint"):
+            try:
+                make_folder(getattr(self.cfg, field))
+                tempfile.TemporaryFile(dir=getattr(self.cfg, field)).close()
+            except OSError as e:
+                raise self._unwritable(field, e) from None
+
+    def _unwritable(self, field, error):
+        folder = getattr(self.cfg, field)
+        return ConfigError(f"args.{field} = {folder!r} cannot be written ({_why(error, folder)}); "
+                           "choose a folder you can write to.")
+
     @contextlib.contextmanager
     def lock(self):
         """Hold ``<checkpoint>/.lock`` for the run, so a second run on the same folders stops at once
         instead of deleting the first one's temporary files. The kernel drops it when a process dies,
-        so a killed run never leaves a stale lock."""
-        make_folder(self.cfg.checkpoint)
-        with open(self.lock_file, "a") as f:
+        so a killed run never leaves a stale lock. Both folders are checked writable first."""
+        self.check_writable()
+        try:
+            f = open(self.lock_file, "a")
+        except OSError as e:  # e.g. a folder named .lock
+            raise self._unwritable("checkpoint", e) from None
+        with f:
             if fcntl is not None:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
