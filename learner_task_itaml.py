@@ -181,6 +181,36 @@ class _MeanOfTasks:
         return self.fast, self.fast_running
 
 
+class ReleaseSelection:
+    """The release's model selection, on the test set: after every epoch the base model's test
+    accuracy over the seen classes is read; an epoch's weights (BatchNorm statistics included) are
+    kept when the epoch is one of the last 9 (0-based ``epoch > epochs − 10``) and its accuracy beats
+    every earlier epoch's, all epochs counted, starting from 0 (ties keep the earlier). When no late
+    epoch beats them, the last epoch's weights stay."""
+
+    def __init__(self, epochs):
+        self.epochs, self.best, self.kept, self.kept_epoch = epochs, 0.0, None, None
+        self.accuracies = []
+
+    def after_epoch(self, epoch, accuracy, model):
+        self.accuracies.append(accuracy)
+        if accuracy > self.best and epoch > self.epochs - 10:
+            self.kept = {name: t.detach().clone() for name, t in model.state_dict().items()}
+            self.kept_epoch = epoch
+        self.best = max(self.best, accuracy)
+
+    @torch.no_grad()
+    def restore(self, model):
+        if self.kept is not None:
+            model.load_state_dict(self.kept)
+
+    def summary(self):
+        """For the session's record: the rule, the epoch kept (1-based) and every epoch's accuracy."""
+        kept = self.epochs if self.kept_epoch is None else self.kept_epoch + 1
+        return {"model_selection": "release", "selected_epoch": kept,
+                "selection_test_acc_per_epoch": self.accuracies}
+
+
 class MetaLearner:
     """Trains the model through one session (one new task plus the replay memory).
 
@@ -195,8 +225,9 @@ class MetaLearner:
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
         prepare_model(model, cfg)  # the buffer keeps each weight's strides, so lay them out first
         head = {id(p) for p in model.head.parameters()}
-        theta = [p for p in model.parameters() if id(p) not in head]
-        phi = [p for p in model.parameters() if id(p) in head]  # rows, and bias entries, by task
+        trained = [p for p in model.parameters() if p.requires_grad]  # not the release's unused PReLU
+        theta = [p for p in trained if id(p) not in head]
+        phi = [p for p in trained if id(p) in head]  # rows, and bias entries, by task
         self.weights = FlatBuffer(theta + phi, "parameter")
         self.theta_size, self.num_theta = sum(p.numel() for p in theta), len(theta)
         # Backward adds each weight's gradient into its view of one gradient buffer, which the
@@ -228,6 +259,12 @@ class MetaLearner:
             for group in opt.param_groups:
                 group["lr"] = lr
 
+    def steps(self, k):
+        """r, the inner steps of task k; the session's newest task takes ``args.r_newest`` where set
+        (the release: 4 in SVHN's last session, 1 for every older task)."""
+        newest = k == self.session and self.cfg.r_newest is not None
+        return self.cfg.r_newest if newest else self.cfg.r
+
     def inner_loop(self, x, y, k, first=None):
         """Alg. 1 inner loop: r optimizer steps on task k's samples, loss on task k's slice.
         Returns the last step's loss as a tensor (reading it would wait for the GPU). ``first``:
@@ -236,7 +273,7 @@ class MetaLearner:
         opt = self.optimizer_for(k)
         # One sample switches BatchNorm layers by their input size: not a graph to compile for.
         forward = self.model if len(x) == 1 else self.forward
-        for step in range(self.cfg.r):
+        for step in range(self.steps(k)):
             for p, g in zip(self.weights.tensors, self.grad_views):
                 p.grad = g  # again every step: a zero_grad elsewhere would have set it to None
             if step == 0 and first is not None:
@@ -344,25 +381,36 @@ class MetaLearner:
         for p in self.weights.tensors:
             p.grad = None
 
-    def train_session(self, loader, desc="train"):
-        """All epochs of one session; the last epoch's model is kept (no test-set model selection).
-        Returns the last epoch's mean loss; ``self.epoch_losses`` holds every epoch's. Raises
-        ``Diverged`` after the first epoch whose loss or weights are not finite, so that a run gone
-        to NaN never saves its weights as a finished session."""
-        self.model.train()
+    def train_session(self, loader, desc="train", test_accuracy=None):
+        """All epochs of one session. Returns the last epoch's mean loss; ``self.epoch_losses`` holds
+        every epoch's. Raises ``Diverged`` after the first epoch whose loss or weights are not
+        finite, so that a run gone to NaN never saves its weights as a finished session.
+
+        Which epoch's model is kept (``args.model_selection``): "last", the last epoch's, so no
+        test data reaches a training decision; "release", the release's selection on the test set,
+        through ``test_accuracy()`` (the base model's accuracy over the seen classes' test samples,
+        read after every epoch): see ``ReleaseSelection``."""
+        selection = ReleaseSelection(self.cfg.epochs) if test_accuracy is not None else None
         bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch",
                    disable=None if self.ctx.is_main else True, leave=False)
         self.epoch_losses = []
         try:
             for epoch in bar:
+                self.model.train()
                 self.set_lr(lr_at(self.cfg, epoch))
                 losses = [self.meta_step(x, y) for x, y in loader]
                 loss = self._end_epoch(torch.stack(losses).mean(), epoch)
                 self.epoch_losses.append(loss)
+                if selection is not None:
+                    selection.after_epoch(epoch, test_accuracy(), self.model)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
+            if selection is not None:
+                selection.restore(self.model)
         finally:
             bar.close()
             self.release()
+        self.selection = (selection.summary() if selection is not None
+                          else {"model_selection": "last", "selected_epoch": self.cfg.epochs})
         return self.epoch_losses[-1]
 
     def _end_epoch(self, loss, epoch):
@@ -458,6 +506,14 @@ def predict_test(model, data, indices, cfg, device, ctx=distributed.DistContext(
     logits, labels = predict_logits(model, data.loader(data.test_set, local, cfg.test_batch),
                                     device, cfg)
     return distributed.gather_cat(logits, ctx)[:n], distributed.gather_cat(labels, ctx)[:n]
+
+
+def base_test_accuracy(model, data, session, cfg, device, ctx=distributed.DistContext()):
+    """The base model's accuracy over the test samples of the classes seen after ``session``, the
+    prediction the argmax over their rows of the head: what the release's model selection reads."""
+    indices = data.seen_test_indices(session)
+    logits, labels = predict_test(model, data, indices, cfg, device, ctx)
+    return accuracy(logits[:, :(session + 1) * cfg.class_per_task].argmax(1), labels)
 
 
 def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.DistContext()):

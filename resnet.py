@@ -3,7 +3,8 @@
 Every network exposes the split the method needs: ``features`` is the feature extractor θ and ``head``
 the one linear classifier φ whose rows ``[k*class_per_task, (k+1)*class_per_task)`` (and the same
 entries of its bias, where it has one) belong to task k. The learner finds φ through ``model.head``;
-everything else is θ.
+every other parameter that takes a gradient is θ (the reduced ResNet-18 also carries one frozen
+parameter no forward pass uses, as the release did).
 
 The MLP, the reduced ResNet-18 and the MS-Celeb ResNet-18 are the release's networks, parameter for
 parameter and with its initialisation. The release had no ImageNet or CUB network: ``ResNet18`` is
@@ -38,25 +39,35 @@ class MLP(nn.Module):
 
 
 class PowerMeanPool(nn.Module):
-    """Global power-mean (GeM) pooling, (N, C, H, W) -> (N, C, 1, 1): (mean over H×W of x^p)^(1/p).
+    """Global power-mean pooling with a fixed exponent, (N, C, H, W) -> (N, C, 1, 1):
+    (mean over H×W of x^p)^(1/p), p = 3 in the release (the cube root of the mean of cubes).
 
     As in the release: x is clamped at ``eps`` = 1e-6 first (which also keeps the root's gradient
-    finite on an all-zero channel), and the exponent p, initialised at 3, is a trained parameter of θ.
-    The release's parameter count (1,250,237 with 100 classes) holds exactly one parameter besides
-    the convolutions, BatchNorms and head: this p. Computed in float32 at least (x³ overflows half
-    precision early), returned in the input's dtype.
+    finite on an all-zero channel), the mean is an average pool over the whole map, and nothing about
+    the pooling is trained: p is a constant, not a parameter. Computed in float32 at least (x³
+    overflows half precision early), returned in the input's dtype.
     """
 
     def __init__(self, p=3.0, eps=1e-6):
         super().__init__()
-        self.p = nn.Parameter(torch.full((1,), float(p)))
-        self.eps = eps
+        self.p, self.eps = float(p), eps
 
     def forward(self, x):
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
-        p = self.p.to(wide.dtype)
-        mean = wide.clamp(min=self.eps).pow(p).mean(dim=(2, 3), keepdim=True)
-        return mean.pow(1.0 / p).to(x.dtype)
+        cubes = wide.clamp(min=self.eps).pow(self.p)
+        return F.avg_pool2d(cubes, cubes.shape[-2:]).pow(1.0 / self.p).to(x.dtype)
+
+    def extra_repr(self):
+        return f"p={self.p}, eps={self.eps}"
+
+
+def unused_prelu():
+    """The release's reduced ResNet-18 builds an ``nn.PReLU()`` that no forward pass uses: one weight
+    (0.25), the 1,250,237th parameter, stepped by nothing (it never has a gradient). Kept, frozen,
+    where the release's state dict has it, so that the release's weights load tensor for tensor."""
+    prelu = nn.PReLU()
+    prelu.requires_grad_(False)
+    return prelu
 
 
 def conv_init_(module):
@@ -108,8 +119,10 @@ class ReducedResNet18(nn.Module):
 
     3×3 stride-1 stem (with bias), four stages of two basic blocks with widths 21/42/85/170, every
     conv stride 1; resolution falls only through a 2×2 max-pool after stages 2 and 3 (32×32 input:
-    32, 32, 16, 8 after stages 1–4). GeM pooling with a trained exponent, then the bias-free head
-    170 → num_class. Initialised as the release (``conv_init_``).
+    32, 32, 16, 8 after stages 1–4). Global pooling: the cube root of the mean of cubes (fixed
+    exponent 3, nothing trained), then the bias-free head 170 → num_class. Initialised as the release
+    (``conv_init_``). Between ``features`` and ``head`` sits the release's unused PReLU weight
+    (``unused_prelu``), frozen and outside θ.
     """
 
     widths = (21, 42, 85, 170)
@@ -131,6 +144,7 @@ class ReducedResNet18(nn.Module):
             ("flatten", nn.Flatten()),
         ]))
         conv_init_(self.features)
+        self.unused_prelu = unused_prelu()
         self.head = nn.Linear(w4, num_class, bias=False)
 
     def forward(self, x):
@@ -209,6 +223,29 @@ NETWORKS = {
     "celeb": CelebResNet18,
     "cub200": ResNet18,
 }
+
+
+def load_release_state_dict(model, state):
+    """Load weights the authors' release saved (its ``session_<t>_model_best.pth.tar``: the state dict
+    of its wrapper, keys ``convnet.…``, or of the bare network) into ``model``, our network for the
+    same data set, tensor for tensor. The release registers its tensors in the order ours does (stem,
+    blocks with their shortcuts, the unused PReLU, head), so the i-th entry of one is the i-th of
+    the other; every shape is checked. Returns ``model``."""
+    ours = model.state_dict()
+    theirs = list(state.items())
+    if len(theirs) != len(ours):
+        raise ConfigError(f"the release's state dict holds {len(theirs)} tensors but "
+                          f"{type(model).__name__} has {len(ours)}; was it saved for another data "
+                          "set or number of classes?")
+    mapped = {}
+    for (name, mine), (their_name, tensor) in zip(ours.items(), theirs):
+        if tuple(mine.shape) != tuple(tensor.shape):
+            raise ConfigError(f"the release's {their_name} has shape {tuple(tensor.shape)} but our "
+                              f"{name} has {tuple(mine.shape)}; was it saved for another data set "
+                              "or number of classes?")
+        mapped[name] = tensor
+    model.load_state_dict(mapped)
+    return model
 
 
 def build_network(dataset, input_shape, num_class):

@@ -21,7 +21,7 @@ class args:
     seed = 0                            # seeds the class order, memory, loaders and init
 
     memory = 2000                       # exemplars kept in total, split equally over seen classes
-    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
+    selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (README: the differences)
@@ -31,14 +31,17 @@ class args:
     batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 1.0                          # η = exp(−beta·t/num_task), t the 0-based session (release)
     r = 1                               # inner-loop optimizer steps per task and mini-batch
+    r_newest = None                     # steps of the session's newest task; None: r
 
     optimizer = "radam"                 # "sgd", "adam" or "radam" (release: RAdam)
     lr = 0.01                           # learning rate of the inner loop (release)
     momentum = 0.9                      # SGD momentum (ignored by radam)
     weight_decay = 0.0                  # L2 penalty of the optimizer
-    epochs = 70                         # epochs a session; the last epoch's model is kept
+    epochs = 70                         # epochs a session
     schedule = [20, 40, 60]             # epochs at which the learning rate is multiplied by gamma
     gamma = 0.2                         # learning-rate decay factor (release)
+    sessions = {}                       # {session: {field: value}}: one session's own settings
+    model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
     train_batch = 128                   # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 128                    # evaluation batch
     num_workers = 4                     # DataLoader workers (CPU decoding and augmentation)

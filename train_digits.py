@@ -29,14 +29,17 @@ class args:
     batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 0.5                          # η = exp(−beta·t/num_task), t the 0-based session
     r = 1                               # inner-loop optimizer steps per task and mini-batch
+    r_newest = None                     # steps of the session's newest task; None: r
 
     optimizer = "sgd"                   # "sgd", "adam" or "radam"
     lr = 0.1                            # learning rate of the inner loop
     momentum = 0.9                      # SGD momentum (ignored by adam and radam)
     weight_decay = 1e-3                 # L2 penalty of the optimizer
-    epochs = 10                         # epochs a session; the last epoch's model is kept
+    epochs = 10                         # epochs a session
     schedule = [4, 8]                   # epochs at which the learning rate is multiplied by gamma
     gamma = 0.5                         # learning-rate decay factor
+    sessions = {}                       # {session: {field: value}}: one session's own settings
+    model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
     train_batch = 64                    # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 256                    # evaluation batch
     num_workers = 0                     # DataLoader workers (0: the data are in memory already)

@@ -15,7 +15,7 @@ class args:
     seed = 0                            # seeds the class order, memory, loaders and init
 
     memory = 2000                       # exemplars kept in total, split equally over seen classes
-    selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
+    selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (README: the differences)
@@ -25,14 +25,18 @@ class args:
     batch_forward = None                # None: the variant's; False (paper) or True (release)
     beta = 0.5                          # η = exp(−beta·t/num_task), t the 0-based session (release)
     r = 1                               # inner-loop optimizer steps per task and mini-batch
+    r_newest = None                     # steps of the session's newest task; None: r
 
     optimizer = "sgd"                   # "sgd", "adam" or "radam" (release: SGD for MNIST)
     lr = 0.1                            # learning rate of the inner loop (release)
     momentum = 0.9                      # SGD momentum (release; ignored by adam and radam)
     weight_decay = 1e-3                 # L2 penalty of the optimizer (release)
-    epochs = 20                         # epochs a session; the last epoch's model is kept
+    epochs = 20                         # epochs a session
     schedule = [5, 10, 15]              # epochs at which the learning rate is multiplied by gamma
     gamma = 0.5                         # learning-rate decay factor (release)
+    # one session's own settings; the release: 5 epochs in session 0, lr 0.05 in session 4
+    sessions = {0: {"epochs": 5}, 4: {"lr": 0.05}}
+    model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
     train_batch = 256                   # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 256                    # evaluation batch
     num_workers = 0                     # DataLoader workers (0: MNIST is held in memory)

@@ -4,7 +4,7 @@ import pytest
 import importlib
 
 import train_digits
-from utils.config import SCHEMA, check_args
+from utils.config import PER_SESSION, SCHEMA, check_args, for_session, session_settings
 from utils.errors import ConfigError
 from utils.overrides import parse_command_line
 from utils.session import resolve_device, run
@@ -45,6 +45,15 @@ def test_shipped_args_are_valid_and_complete(name):
     ({"continuum": 0}, r"args.continuum = 0 is invalid"),
     ({"schedule": [5, "x"]}, r"args.schedule = \[5, 'x'\] is invalid; it must be a list of epoch numbers"),
     ({"clas_per_task": 2}, r"args.clas_per_task is not a known field \(did you mean 'class_per_task'\?\)"),
+    ({"r_newest": 0}, r"args.r_newest = 0 is invalid; it must be None \(the same as r\) or an integer >= 1"),
+    ({"model_selection": "best"}, r"args.model_selection = 'best' is invalid; it must be one of 'last', 'release'"),
+    ({"sessions": [0]}, r"args.sessions = \[0\] is invalid; it must be a dict"),
+    ({"sessions": {5: {"lr": 0.1}}}, r"args.sessions has the key 5, which is not a session of this run; its keys must be session numbers 0..4, so remove that entry"),
+    ({"sessions": {"4": {"lr": 0.1}}}, r"args.sessions has the key '4'; its keys must be session numbers \(integers >= 0\)"),
+    ({"sessions": {1: 5}}, r"args.sessions\[1\] = 5 is invalid; it must be a dict \{field: value\}"),
+    ({"sessions": {1: {"seed": 3}}}, r"args.sessions\[1\] sets 'seed', which cannot change by session; it may set epochs, lr"),
+    ({"sessions": {1: {"lr": -1}}}, r"args.sessions\[1\]\['lr'\] = -1 is invalid; it must be a number > 0.0"),
+    ({"sessions": {1: {"r_newest": 0}}}, r"args.sessions\[1\]\['r_newest'\] = 0 is invalid"),
 ])
 def test_bad_args_one_sentence(over, pattern):
     with pytest.raises(ConfigError, match=pattern) as err:
@@ -86,3 +95,17 @@ def test_cuda_without_gpu(monkeypatch):
     with pytest.raises(ConfigError, match=r"args.device = 'cuda' but no GPU is visible"):
         resolve_device("cuda")
     assert str(resolve_device("auto")) == "cpu"
+
+
+def test_a_session_runs_with_its_own_settings():
+    """args.sessions[t] replaces those fields for session t alone; every other session, and every
+    other field, keeps the args' values."""
+    cfg = check_args(shrunk(sessions={4: {"lr": 0.05, "r_newest": 4}, 0: {"epochs": 5}}))
+    assert list(cfg.sessions) == [0, 4]  # kept in session order
+    first, last, middle = for_session(cfg, 0), for_session(cfg, 4), for_session(cfg, 2)
+    assert (first.epochs, first.lr, first.r_newest) == (5, cfg.lr, None)
+    assert (last.epochs, last.lr, last.r_newest) == (cfg.epochs, 0.05, 4)
+    assert vars(middle) == vars(cfg)
+    assert vars(for_session(cfg, 4)) == {**vars(cfg), "lr": 0.05, "r_newest": 4}
+    assert session_settings(cfg, 4) == {name: getattr(last, name) for name in PER_SESSION}
+    assert cfg.sessions[4] == {"lr": 0.05, "r_newest": 4}  # for_session leaves the args alone

@@ -78,11 +78,13 @@ def numpy_weights(model):
                  [model.features[0].weight] + list(model.head.parameters()))
 
 
-def expected(W, X, y, r, eta, task_start, meta_target, task_optimizer, mu=0.0, steps=1):
+def expected(W, X, y, r, eta, task_start, meta_target, task_optimizer, mu=0.0, steps=1,
+             r_newest=None, session=1):
     """``steps`` meta-steps of SGD (momentum ``mu``) on one batch, written out from the switches'
     definitions: tasks in increasing order, each from the base or from where the previous one
     stopped; one momentum buffer per task or one for all, kept across steps; then every weight
-    ← lerp(base, fast, η), fast = (mean θ_k, each task's φ_k rows and bias) or the last task's."""
+    ← lerp(base, fast, η), fast = (mean θ_k, each task's φ_k rows and bias) or the last task's.
+    Task ``session`` (the newest) takes ``r_newest`` steps where given, the others r."""
     tasks = sorted(set((y // CPT).tolist()))
     buffers = {}
     for _ in range(steps):
@@ -93,7 +95,7 @@ def expected(W, X, y, r, eta, task_start, meta_target, task_optimizer, mu=0.0, s
                 live = [w.copy() for w in W]
             key = k if task_optimizer == "per_task" else "shared"
             m = (y // CPT) == k
-            for _ in range(r):
+            for _ in range(r_newest if r_newest is not None and k == session else r):
                 g = grads(live, X[m], y[m], k)
                 v = g if key not in buffers else [mu * b + gi for b, gi in zip(buffers[key], g)]
                 buffers[key] = v
@@ -126,6 +128,25 @@ def test_meta_step_matches_hand_computation_for_every_switch(cfg_factory, switch
         np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
     shared = switches["task_optimizer"] == "shared"
     assert sorted(learner.optimizers, key=str) == (["shared"] if shared else [0, 1])
+
+
+@pytest.mark.parametrize("switches", [COMBINATIONS[0], COMBINATIONS[-1]],
+                         ids=lambda c: "-".join(c.values()))
+def test_the_newest_task_takes_its_own_number_of_steps(cfg_factory, switches):
+    """args.r_newest: the session's newest task (task 1 in session 1) takes 3 inner steps, the older
+    one r = 1 (the release's SVHN session 4, with 4 and 1)."""
+    model = Tiny(bias=True)
+    W = numpy_weights(model)
+    x, y = batch()
+    learner = MetaLearner(model, cfg_for(cfg_factory, r=1, momentum=0.9, r_newest=3, **switches),
+                          session=1)
+    assert [learner.steps(k) for k in (0, 1)] == [1, 3]
+    learner.meta_step(x, y)
+    want = expected(W, x.numpy(), y.numpy(), 1, learner.eta, mu=0.9, r_newest=3, **switches)
+    for got, w in zip(numpy_weights(model), want):
+        np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
+    every = expected(W, x.numpy(), y.numpy(), 3, learner.eta, mu=0.9, **switches)
+    assert max(np.abs(u - v).max() for u, v in zip(want, every)) > 1e-4  # not r = 3 for all
 
 
 @pytest.mark.parametrize("name", sorted(SWITCH_VALUES))
@@ -333,3 +354,81 @@ def test_training_shows_an_epoch_progress_bar(cfg_factory, monkeypatch):
     MetaLearner(Tiny(), cfg, session=1).train_session([(x, y)], desc="session 1/1")
     shown = sys.stderr.getvalue()
     assert "session 1/1" in shown and "/3 [" in shown and "epoch/s" in shown and "loss=" in shown
+
+
+def test_the_release_unused_prelu_stays_out_of_training(cfg_factory):
+    """The reduced ResNet-18's frozen PReLU weight is no part of θ: the learner's buffer leaves it
+    out, and a meta-step with weight decay (which would shrink a weight with a zero gradient) and
+    the single update's Adam leave it at 0.25."""
+    from resnet import ReducedResNet18
+    torch.manual_seed(0)
+    model = ReducedResNet18((3, 8, 8), 4)
+    cfg = cfg_factory(variant="official", r=1, optimizer="sgd", lr=0.1, momentum=0.9,
+                      weight_decay=0.5, beta=1.0, num_class=4, class_per_task=CPT, num_task=2)
+    learner = MetaLearner(model, cfg, session=1)
+    trained = sum(p.numel() for p in model.parameters()) - 1
+    assert learner.weights.data.numel() == trained
+    assert all(t is not model.unused_prelu.weight for t in learner.weights.tensors)
+    conv = model.features.conv1.weight.detach().clone()
+    learner.meta_step(torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 2]))
+    assert model.unused_prelu.weight.item() == 0.25
+    assert not torch.equal(model.features.conv1.weight, conv)  # the step did train θ
+
+
+class Selectable(nn.Module):
+    """One weight and one BatchNorm buffer, both set to the epoch number after each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.register_buffer("stat", torch.zeros(1))
+
+
+@pytest.mark.parametrize("accuracies,epochs,kept", [
+    # no late epoch (0-based > epochs − 10 = 2) beats epoch 1's 90: the last epoch's weights stay
+    ([50, 90, 60, 70, 80, 85, 89, 88, 87, 86, 80, 70], 12, 12),
+    # epoch 8 beats everything before it; epoch 10 ties it and does not replace it
+    ([50, 90, 60, 70, 80, 85, 89, 88, 95, 86, 95, 70], 12, 9),
+    # every later record replaces the kept one; a best early epoch counts only as the bar
+    ([99, 10, 20, 30, 40, 50, 60, 70, 80, 99.5, 99.7, 10], 12, 11),
+    # epoch 2 = epochs − 10 is not late: its record only raises the bar
+    ([50, 60, 95, 70, 80, 85, 89, 88, 87, 86, 80, 70], 12, 12),
+    # with fewer than 10 epochs every epoch may be kept (the release's MNIST session 0: 5)
+    ([40, 70, 60, 50, 45], 5, 2),
+    # nothing beats 0 (the release's starting bar): the last epoch's weights
+    ([0, 0, 0], 3, 3),
+])
+def test_release_model_selection_keeps_the_best_late_epoch(accuracies, epochs, kept):
+    from learner_task_itaml import ReleaseSelection
+    model, selection = Selectable(), ReleaseSelection(epochs)
+    for epoch, acc in enumerate(accuracies):
+        with torch.no_grad():
+            model.w.fill_(epoch + 1)
+            model.stat.fill_(epoch + 1)
+        selection.after_epoch(epoch, acc, model)
+    selection.restore(model)
+    assert model.w.item() == kept and model.stat.item() == kept  # statistics come with the weights
+    assert selection.summary() == {"model_selection": "release", "selected_epoch": kept,
+                                   "selection_test_acc_per_epoch": accuracies}
+
+
+def test_train_session_reads_the_test_accuracy_after_every_epoch_and_restores(cfg_factory):
+    x, y = batch()
+    cfg = cfg_factory(variant="paper", r=1, optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0,
+                      beta=1.0, num_class=4, class_per_task=CPT, num_task=2, epochs=4, schedule=[],
+                      model_selection="release")
+    model = Tiny()
+    snapshots = []
+
+    def test_accuracy():  # epoch 2 (1-based) is the best
+        snapshots.append(numpy_weights(model))
+        return [10.0, 30.0, 20.0, 25.0][len(snapshots) - 1]
+    learner = MetaLearner(model, cfg, session=1)
+    learner.train_session([(x, y)], test_accuracy=test_accuracy)
+    assert len(snapshots) == 4
+    for got, want in zip(numpy_weights(model), snapshots[1]):
+        np.testing.assert_array_equal(got, want)
+    assert learner.selection["selected_epoch"] == 2
+    plain = MetaLearner(Tiny(), cfg, session=1)
+    plain.train_session([(x, y)])
+    assert plain.selection == {"model_selection": "last", "selected_epoch": 4}

@@ -37,6 +37,8 @@ def test_start_task_then_overrides():
     ("variant=official", "official"), ("checkpoint=results/x y", "results/x y"),
     ("data_path=123", "123"),  # a string field keeps its text, digits and all
     ("class_order=natural", "natural"), ("weight_decay=1e-4", 1e-4), ("momentum=0", 0),
+    ("sessions={4: {'lr': 0.05}, 0: {'epochs': 5}}", {4: {"lr": 0.05}, 0: {"epochs": 5}}),
+    ("sessions={}", {}), ("r_newest=4", 4), ("model_selection=release", "release"),
 ])
 def test_values_are_read_as_the_fields_type(text, want):
     args, values = overrides.apply(train_digits.args, [text])
@@ -56,6 +58,11 @@ def test_values_are_read_as_the_fields_type(text, want):
     ("schedule=4;8", r"args.schedule = '4;8', which is invalid; it must be a list of epoch"),
     ("variant=reptile", r"it must be one of 'paper', 'official'"),
     ("batch_forward=yes", r"it must be None \(the variant's choice\), True or False"),
+    ("sessions={1: {'lrr': 0.1}}", r"^the override \"sessions=\{1: \{'lrr': 0.1\}\}\": "
+                                   r"args.sessions\[1\] sets 'lrr', which cannot change by session"),
+    ("sessions={1: {'lr': 'fast'}}", r"args.sessions\[1\]\['lr'\] = 'fast' is invalid; it must be "
+                                     r"a number > 0.0"),
+    ("sessions=4", r"args.sessions = 4, which is invalid; it must be a dict"),
 ])
 def test_a_bad_override_is_one_sentence_naming_it(text, pattern):
     with pytest.raises(ConfigError, match=pattern) as err:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resnet import (MLP, NETWORKS, CelebResNet18, PowerMeanPool, ReducedResNet18, ResNet18,
-                    build_network)
+                    build_network, load_release_state_dict)
 from utils.errors import ConfigError
 
 # a small input for each data set name (ResNet-18 at 32/64 px to keep the tests fast)
@@ -18,6 +18,10 @@ HEAD_BIAS = {"celeb"}  # the release's MS-Celeb head has a bias; every other hea
 
 def count(module):
     return sum(p.numel() for p in module.parameters())
+
+
+def trained(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("dataset,shape,in_features", [("mnist", (1, 28, 28), 784),
@@ -64,25 +68,50 @@ def test_shapes_split_and_head(dataset):
         feats, logits = net.features(x), net(x)
     assert feats.shape == (2, dim) and logits.shape == (2, 7)
     assert torch.equal(net.head(feats), logits)
-    # φ is the head alone: every other parameter belongs to θ
-    assert count(net) == count(net.features) + count(net.head)
+    # φ is the head alone: every other parameter that trains belongs to θ, and the one that does not
+    # is the release's unused PReLU weight of the reduced ResNet-18
+    assert trained(net) == count(net.features) + count(net.head)
+    frozen = [name for name, p in net.named_parameters() if not p.requires_grad]
+    assert frozen == (["unused_prelu.weight"] if isinstance(net, ReducedResNet18) else [])
 
 
 def reduced_resnet18_parameters(c_in, widths, num_class):
-    """Parameters of the release's reduced ResNet-18, from its architecture: 3×3 convs with biases,
-    BN (γ, β), 1×1 projections with bias + BN where the width changes, the pooling exponent p and
-    the bias-free head."""
+    """Parameters of the release's reduced ResNet-18 by kind, from its architecture: 3×3 convs with
+    biases, BN (γ, β), 1×1 projections with bias + BN where the width changes, the unused PReLU's one
+    weight and the bias-free head."""
     conv3, conv1, bn = (lambda i, o: 9 * i * o + o), (lambda i, o: i * o + o), (lambda c: 2 * c)
-    total = conv3(c_in, widths[0]) + bn(widths[0])  # stem
+    kinds = {"3x3 convolutions": conv3(c_in, widths[0]), "BatchNorm": bn(widths[0]),  # stem
+             "1x1 projections": 0, "unused PReLU": 1, "head": widths[-1] * num_class}
     previous = widths[0]
     for w in widths:
         for block in range(2):
             i = previous if block == 0 else w
-            total += conv3(i, w) + bn(w) + conv3(w, w) + bn(w)
+            kinds["3x3 convolutions"] += conv3(i, w) + conv3(w, w)
+            kinds["BatchNorm"] += bn(w) + bn(w)
             if i != w:
-                total += conv1(i, w) + bn(w)
+                kinds["1x1 projections"] += conv1(i, w)
+                kinds["BatchNorm"] += bn(w)
         previous = w
-    return total + 1 + widths[-1] * num_class
+    return kinds
+
+
+def parameters_by_kind(net):
+    """The same count read off a built network's modules."""
+    kinds = dict.fromkeys(["3x3 convolutions", "BatchNorm", "1x1 projections", "unused PReLU",
+                           "head"], 0)
+    for m in net.modules():
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        if isinstance(m, torch.nn.Conv2d):
+            kinds["3x3 convolutions" if m.kernel_size == (3, 3) else "1x1 projections"] += own
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            kinds["BatchNorm"] += own
+        elif isinstance(m, torch.nn.PReLU):
+            kinds["unused PReLU"] += own
+        elif m is net.head:
+            kinds["head"] += own
+        else:
+            assert own == 0, f"a parameter of {type(m).__name__} is not accounted for"
+    return kinds
 
 
 # Counted from the release's own network definitions (the issue that asked for them, and PAPER.md).
@@ -101,8 +130,14 @@ def test_parameter_counts_are_the_releases(dataset, shape, num_class, want):
 
 @pytest.mark.parametrize("num_class", [10, 100])
 def test_reduced_resnet18_parameter_count_from_its_layers(num_class):
+    """What each of the 1,250,237 (100 classes) or 1,234,937 (10) parameters is."""
     net = ReducedResNet18((3, 32, 32), num_class)
-    assert count(net) == reduced_resnet18_parameters(3, (21, 42, 85, 170), num_class)
+    kinds = parameters_by_kind(net)
+    print(f"{num_class} classes: " + ", ".join(f"{k} {v:,}" for k, v in kinds.items()))
+    assert kinds == reduced_resnet18_parameters(3, (21, 42, 85, 170), num_class)
+    assert kinds == {"3x3 convolutions": 1_210_857, "BatchNorm": 3_180, "1x1 projections": 19_199,
+                     "unused PReLU": 1, "head": 170 * num_class}
+    assert sum(kinds.values()) == count(net) == {10: 1_234_937, 100: 1_250_237}[num_class]
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(m.bias is not None for m in convs)
 
@@ -170,8 +205,8 @@ def test_reduced_resnet18_map_sizes_and_strides():
     assert sizes == {"layer1": (21, 32, 32), "layer2": (42, 32, 32),
                      "layer3": (85, 16, 16), "layer4": (170, 8, 8)}
     pool = net.features.pool
-    assert isinstance(pool, PowerMeanPool) and pool.p.tolist() == [3.0]
-    assert any(p is pool.p for p in net.features.parameters())  # trained with θ
+    assert isinstance(pool, PowerMeanPool) and pool.p == 3.0
+    assert list(pool.parameters()) == [] and list(pool.buffers()) == []  # nothing about it trains
 
 
 def test_power_mean_pool_is_cube_root_of_mean_of_cubes():
@@ -187,27 +222,55 @@ def test_power_mean_pool_is_cube_root_of_mean_of_cubes():
                                                           rtol=1e-3)
 
 
-def test_power_mean_pool_clamps_the_input_and_trains_its_exponent():
+def test_power_mean_pool_clamps_the_input_and_has_a_fixed_exponent():
     x = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]],
                        [[1.0, 0.0], [2.0, 0.0]]]], requires_grad=True)
     pool = PowerMeanPool(p=3)
     out = pool(x)
     assert out[0, 0].item() == pytest.approx(1e-6, rel=1e-4)  # a dead channel: the clamp, 1e-6
     out.sum().backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(pool.p.grad).all()
+    assert torch.isfinite(x.grad).all()
     assert torch.equal(x.grad[0, 0], torch.zeros(2, 2))
     # live channel: d/dx_i (mean x³)^(1/3) = x_i² / (4 · M²), M = (9/4)^(1/3)
     m = (9.0 / 4) ** (1 / 3)
     expected = torch.tensor([[1.0, 0.0], [4.0, 0.0]]) / (4 * m * m)
     assert torch.allclose(x.grad[0, 1], expected, rtol=1e-5)
-    # d/dp (mean x^p)^(1/p) at p = 3, summed over both channels, in float64 by hand
-    xs = [[1e-6] * 4, [1.0, 1e-6, 2.0, 1e-6]]
-    want = 0.0
-    for v in xs:
-        s = sum(a ** 3 for a in v) / 4
-        ds = sum(a ** 3 * math.log(a) for a in v) / 4
-        want += s ** (1 / 3) * (-math.log(s) / 9 + ds / (3 * s))
-    assert pool.p.grad.item() == pytest.approx(want, rel=1e-4)
+
+
+def test_the_unused_prelu_is_frozen_and_no_forward_reads_it():
+    torch.manual_seed(0)
+    net = ReducedResNet18((3, 32, 32), 10).eval()
+    prelu = net.unused_prelu.weight
+    assert prelu.tolist() == [0.25] and not prelu.requires_grad  # nn.PReLU's initial value
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        prelu.fill_(123.0)
+        assert torch.equal(net(x), before)
+    names = [name for name, _ in net.state_dict().items()]
+    # where the release's state dict has it: after the last block, before the head
+    assert names[-2:] == ["unused_prelu.weight", "head.weight"]
+    assert names[-3].startswith("features.layer4.")
+
+
+@pytest.mark.parametrize("dataset,shape,num_class", [("cifar100", (3, 32, 32), 100),
+                                                     ("mnist", (1, 28, 28), 10),
+                                                     ("celeb", (3, 64, 64), 30)])
+def test_a_state_dict_under_other_names_loads_tensor_for_tensor(dataset, shape, num_class):
+    """load_release_state_dict maps by position, as the release's names differ from ours (the real
+    release is loaded in tests/test_release_equivalence.py)."""
+    torch.manual_seed(1)
+    source = build_network(dataset, shape, num_class)
+    theirs = {f"convnet.tensor_{i}": t.clone() for i, t in enumerate(source.state_dict().values())}
+    torch.manual_seed(2)
+    net = load_release_state_dict(build_network(dataset, shape, num_class), theirs)
+    for (name, mine), (_, want) in zip(net.state_dict().items(), source.state_dict().items()):
+        assert torch.equal(mine, want), name
+    with pytest.raises(ConfigError, match="holds .* tensors but"):
+        load_release_state_dict(build_network(dataset, shape, num_class),
+                                dict(list(theirs.items())[:-1]))
+    with pytest.raises(ConfigError, match="has shape"):
+        load_release_state_dict(build_network(dataset, shape, num_class + 1), theirs)
 
 
 @pytest.mark.parametrize("side,kernel,stride,maxpool", [(224, 7, 2, True), (112, 7, 2, False),

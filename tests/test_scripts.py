@@ -30,15 +30,19 @@ SHIPPED = {
                         optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=20,
                         schedule=[5, 10, 15], gamma=0.5, train_batch=256, memory=2000, beta=0.5),
 }
+# The release's settings by session, hard-coded in its scripts and learner: MNIST trains session 0
+# for 5 epochs and session 4 at lr 0.05; SVHN's newest task takes 4 inner steps in session 4.
+SESSIONS = {"train_mnist": {0: {"epochs": 5}, 4: {"lr": 0.05}}, "train_svhn": {4: {"r_newest": 4}}}
 # The crop each script's pipeline gives (image_size None: the pipeline decides).
 SIDE = {"train_cifar": 32, "train_svhn": 32, "train_imagenet": 112, "train_celeb": 112,
         "train_cub": 224, "train_mnist": 28}
 # What produced the paper's numbers ships by default.
 RELEASE = dict(variant="official", task_start="previous", meta_target="last",
-               task_optimizer="shared", batch_forward=True, augmentation="release")
+               task_optimizer="shared", batch_forward=True, augmentation="release",
+               selection="first", r_newest=None)
 
 SHRUNK = dict(epochs=1, schedule=[], train_batch=16, test_batch=32, num_workers=0, adapt_batch=8,
-              continuum=4, device="cpu")
+              continuum=4, device="cpu", sessions={})
 
 
 def write_cifar(root, monkeypatch):
@@ -79,6 +83,8 @@ def test_shipped_args(name):
     for field, value in dict(SHIPPED[name], **RELEASE).items():
         assert getattr(cfg, field) == value, field
     assert image_size(cfg) == SIDE[name]
+    assert cfg.sessions == SESSIONS.get(name, {})
+    assert cfg.model_selection == "last"  # no test data reaches a training decision by default
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))

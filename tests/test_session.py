@@ -254,10 +254,13 @@ def test_mnist_run_through_the_real_files(tmp_path):
         data_path = str(tmp_path / "data")
         checkpoint = str(tmp_path / "results")
         savepoint = str(tmp_path / "models")
-        epochs, schedule, memory, num_class, num_task, train_batch = 1, [], 10, 4, 2, 8
+        epochs, schedule, memory, num_class, num_task, train_batch = 2, [], 10, 4, 2, 8
+        sessions = {0: {"epochs": 1}}  # as the release's 5 epochs in session 0 (key 4 is gone)
     records = run(args, 0, "train_mnist.py")
     assert [r["seen_classes"] for r in records] == [2, 4]
     assert records[1]["num_test_samples"] == 12 and records[1]["memory_exemplars"] == 8
+    assert [len(r["train_loss_per_epoch"]) for r in records] == [1, 2]
+    assert [r["session_settings"]["epochs"] for r in records] == [1, 2]
 
 
 @pytest.mark.parametrize("over", [{"variant": "official"}, {"selection": "herding"},
@@ -382,9 +385,9 @@ def test_session_t_trains_on_its_task_and_the_memory_of_session_t_minus_1(small_
     seen = {}
     real = L.MetaLearner.train_session
 
-    def spy(self, loader, desc="train"):
+    def spy(self, loader, desc="train", test_accuracy=None):
         seen[self.session] = sorted(loader.dataset.indices)
-        return real(self, loader, desc)
+        return real(self, loader, desc, test_accuracy)
     monkeypatch.setattr(L.MetaLearner, "train_session", spy)
     run(small_args, 0, "train_digits.py")
     data = IncrementalData(check_args(small_args))
@@ -396,3 +399,41 @@ def test_session_t_trains_on_its_task_and_the_memory_of_session_t_minus_1(small_
         assert len(kept) == small_args.memory // classes * classes
         assert seen[t] == sorted(data.task_indices(t).tolist() + kept)
     assert seen[0] == sorted(data.task_indices(0).tolist())
+
+
+def test_per_session_settings_reach_their_session_alone(small_args):
+    """sessions = {1: {"lr": 1e6}} sends session 1, and only it, to NaN: session 0 trains at the
+    args' lr and is saved, the divergence names session 1, and a resume without the entry runs it
+    at the args' lr. The manifest lists what every session trains with."""
+    args = type("args", (small_args,), {"sessions": {1: {"lr": 1e6}, 0: {"epochs": 1}}})
+    with pytest.raises(ConfigError, match=r"session 1 diverged.*args.lr \(now 1e\+06\)"):
+        run(args, 0, "train_digits.py")
+    first = json.load(open(os.path.join(args.checkpoint, "session_0.json")))
+    assert first["session_settings"]["lr"] == small_args.lr and len(first["train_loss_per_epoch"]) == 1
+    manifest = json.load(open(os.path.join(args.checkpoint, "manifest.json")))
+    assert manifest["args"]["sessions"] == {"0": {"epochs": 1}, "1": {"lr": 1e6}}
+    assert [manifest["settings_by_session"][t]["lr"] for t in "012"] == [small_args.lr, 1e6,
+                                                                         small_args.lr]
+    assert [manifest["settings_by_session"][t]["epochs"] for t in "012"] == [1, 2, 2]
+    records = run(type("args", (args,), {"sessions": {}}), 1, "train_digits.py")
+    assert [r["session_settings"]["lr"] for r in records] == [small_args.lr] * 2
+    resumed = json.load(open(os.path.join(args.checkpoint, "manifest.json")))["resumes"][-1]
+    assert resumed["changed"]["sessions"] == [{"0": {"epochs": 1}, "1": {"lr": 1e6}}, {}]
+    assert list(resumed["settings_by_session"]) == ["1", "2"]
+
+
+def test_release_model_selection_in_a_run(small_args, tmp_path):
+    """model_selection = "release": every epoch's base test accuracy is recorded, and the model the
+    session keeps (and evaluates) is the selected epoch's, so the record's base accuracy is that
+    epoch's accuracy exactly."""
+    args = type("args", (small_args,), {"model_selection": "release", "epochs": 4, "lr": 0.5,
+                                        "num_task": 2, "num_class": 4})
+    records = run(args, 0, "train_digits.py")
+    for r in records:
+        assert r["model_selection"] == "release" and len(r["selection_test_acc_per_epoch"]) == 4
+        assert r["acc_base"] == r["selection_test_acc_per_epoch"][r["selected_epoch"] - 1]
+    assert any(r["selected_epoch"] < 4 for r in records)  # so the restore is what is tested
+    plain = run(moved(type("args", (args,), {"model_selection": "last"}), tmp_path, "last"), 0,
+                "train_digits.py")
+    assert [(r["model_selection"], r["selected_epoch"]) for r in plain] == [("last", 4)] * 2
+    assert "selection_test_acc_per_epoch" not in plain[0]

@@ -63,7 +63,7 @@ class BatchedFirstSteps:
         self.norms = _MaskedNorms(model)
         index = {id(t): i for i, t in enumerate(weights.tensors)}
         self.params = [(name, weights.layout[index[id(p)]])
-                       for name, p in model.named_parameters()]
+                       for name, p in model.named_parameters() if p.requires_grad]
 
     def __call__(self, batches):
         """``batches``: (k, x_k, y_k) of the batch's tasks, in the learner's order, on the device.
@@ -72,7 +72,7 @@ class BatchedFirstSteps:
             return None
         sizes = [len(y) for _, _, y in batches]
         x, rows, cols, target, count = pad_tasks(batches, self.cfg, self.weights.data.dtype)
-        params = {name: p.detach() for name, p in self.model.named_parameters()}
+        params = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
         self.norms.smallest = min(sizes)
 
         def loss_of_task(params, x, rows, cols, target, count):

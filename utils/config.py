@@ -108,6 +108,8 @@ SCHEMA = {
                       "None (the variant's choice), True or False", None),
     "beta": (*_real(0.0), REQUIRED),
     "r": (*_int(1), REQUIRED),
+    "r_newest": ((lambda v: v is None or _int(1)[0](v)), "None (the same as r) or an integer >= 1",
+                 None),
     "optimizer": (*_choice("sgd", "adam", "radam"), REQUIRED),
     "lr": (*_real(0.0, strict=True), REQUIRED),
     "momentum": (*_real(0.0), REQUIRED),
@@ -115,6 +117,9 @@ SCHEMA = {
     "epochs": (*_int(1), REQUIRED),
     "schedule": (*_milestones(), REQUIRED),
     "gamma": (*_real(0.0, strict=True), REQUIRED),
+    "model_selection": (*_choice("last", "release"), "last"),
+    "sessions": ((lambda v: isinstance(v, dict)),
+                 "a dict {session: {field: value}} (see utils/config.py: PER_SESSION)", {}),
     "train_batch": (*_int(1), REQUIRED),
     "test_batch": (*_int(1), REQUIRED),
     "num_workers": (*_int(0), REQUIRED),
@@ -131,6 +136,12 @@ SCHEMA = {
     "gpu_data": (*_bool(), False),
     "batched_tasks": (*_bool(), False),
 }
+
+
+# The fields ``args.sessions`` may set for one session alone, as the release's scripts did by hand
+# (MNIST: 5 epochs in session 0, lr 0.05 in session 4; SVHN: r = 4 for the newest task of session 4).
+PER_SESSION = ("epochs", "lr", "schedule", "gamma", "momentum", "weight_decay", "r", "r_newest",
+               "model_selection")
 
 
 def check_args(args):
@@ -163,9 +174,53 @@ def check_args(args):
                           f"image files ({', '.join(RESIZABLE)}); {cfg.dataset} has a fixed size, "
                           "so remove the field.")
     _check_split(cfg)
+    _check_sessions(cfg)
     _check_speed_options(cfg)
     check_batched_tasks(cfg)
     return cfg
+
+
+def for_session(cfg, t):
+    """The args session ``t`` runs with: ``cfg`` with ``args.sessions[t]``'s fields set."""
+    return SimpleNamespace(**{**vars(cfg), **cfg.sessions.get(t, {})})
+
+
+def session_settings(cfg, t):
+    """{field: value} of every PER_SESSION field as session ``t`` uses it (records, manifest)."""
+    scfg = for_session(cfg, t)
+    return {name: getattr(scfg, name) for name in PER_SESSION}
+
+
+def _check_sessions(cfg):
+    """args.sessions: session numbers of this run, each with fields of PER_SESSION and valid values."""
+    check_session_entries(cfg.sessions)
+    for t in cfg.sessions:
+        if not 0 <= t < cfg.num_task:
+            raise ConfigError(f"args.sessions has the key {t!r}, which is not a session of this run; "
+                              f"its keys must be session numbers 0..{cfg.num_task - 1}, so remove "
+                              "that entry (sessions={} drops them all).")
+    cfg.sessions = {t: dict(fields) for t, fields in sorted(cfg.sessions.items())}
+
+
+def check_session_entries(sessions, where="args.sessions"):
+    """The entries of a ``sessions`` dict, whatever the run's length: integer keys, dict values
+    that set PER_SESSION fields to valid values. ``where`` names it in the sentence (an override
+    names itself)."""
+    for t, fields in sessions.items():
+        if not (isinstance(t, Integral) and not isinstance(t, bool) and t >= 0):
+            raise ConfigError(f"{where} has the key {t!r}; its keys must be session numbers "
+                              "(integers >= 0), e.g. {4: {'lr': 0.05}}.")
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where}[{t}] = {fields!r} is invalid; it must be a dict "
+                              "{field: value}, e.g. {'epochs': 5}.")
+        for name, value in fields.items():
+            if name not in PER_SESSION:
+                raise ConfigError(f"{where}[{t}] sets {name!r}, which cannot change by session; "
+                                  f"it may set {', '.join(PER_SESSION)}.")
+            check, valid, _ = SCHEMA[name]
+            if not check(value):
+                raise ConfigError(f"{where}[{t}][{name!r}] = {value!r} is invalid; it must be "
+                                  f"{valid}.")
 
 
 def describe_training(cfg):

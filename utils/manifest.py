@@ -15,7 +15,7 @@ import subprocess
 
 import torch
 
-from utils.config import REQUIRED, SCHEMA, SWITCHES, VARIANTS
+from utils.config import REQUIRED, SCHEMA, SWITCHES, VARIANTS, session_settings
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,14 @@ def overrides(cfg, store):
 def started(cfg, store, start, device):
     """A fresh run's manifest."""
     return {"command": store.command(start), "overrides": overrides(cfg, store), "time": now(),
-            "args": plain(cfg), "seed": cfg.seed, **environment(device), "resumes": []}
+            "args": plain(cfg), "settings_by_session": settings_by_session(cfg, start),
+            "seed": cfg.seed, **environment(device), "resumes": []}
+
+
+def settings_by_session(cfg, start):
+    """{session: {field: value}}: what each session from ``start`` on trains with (args.sessions
+    applied), for every field that may change by session."""
+    return {str(t): session_settings(cfg, t) for t in range(start, cfg.num_task)}
 
 
 def rebuilt(record, record_path):
@@ -174,7 +181,8 @@ def rebuilt(record, record_path):
 def resumed(manifest, cfg, store, start, device, changes):
     """``manifest`` with this resume appended; also the lines that say what differs from before."""
     entry = {"command": store.command(start), "overrides": overrides(cfg, store), "task": start,
-             "time": now(), "changed": changes, **environment(device)}
+             "time": now(), "changed": changes,
+             "settings_by_session": settings_by_session(cfg, start), **environment(device)}
     earlier = manifest.get("resumes", [])
     notes = setup_changes((earlier or [manifest])[-1], entry)
     return {**manifest, "resumes": earlier + [entry]}, notes

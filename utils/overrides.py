@@ -10,7 +10,7 @@ import ast
 import difflib
 import os
 
-from utils.config import SCHEMA
+from utils.config import SCHEMA, check_session_entries
 from utils.errors import ConfigError
 
 
@@ -64,6 +64,8 @@ def apply(args, texts):
         if not check(value):
             raise ConfigError(f"the override {text!r} sets args.{name} = {value!r}, which is "
                               f"invalid; it must be {valid}.")
+        if name == "sessions":  # a dict of dicts: each entry checked, the override named
+            check_session_entries(value, f"the override {text!r}: args.sessions")
         values[name] = value
     if "savepoint" in fields(values) and "savepoint" not in values:
         values["savepoint"] = savepoint_for(values["checkpoint"])

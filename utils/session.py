@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from incremental_dataloader import IncrementalData, ReplayMemory
-from learner_task_itaml import MetaLearner, evaluate
+from learner_task_itaml import MetaLearner, base_test_accuracy, evaluate
 from resnet import build_network
 from utils.checkpoint import RunStore, write_json, write_text
 from utils import distributed, overrides
-from utils.config import check_args, describe_training
+from utils.config import check_args, describe_training, for_session, session_settings
 from utils.errors import ConfigError, Diverged
 from utils.logger import get_logger, quiet_logger
 from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
@@ -212,20 +212,25 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier,
     trains on its shard and evaluates its share of the test set; rank 0 alone writes."""
     began = time.time()
     seed = session_seed(cfg, t)
+    scfg = for_session(cfg, t)  # args.sessions[t] applied
     torch.manual_seed(seed)
-    learner = MetaLearner(model, cfg, t, device, ctx)
+    learner = MetaLearner(model, scfg, t, device, ctx)
+    selection = (None if scfg.model_selection == "last" else
+                 lambda: base_test_accuracy(model, data, t, scfg, device, ctx))
     try:
         loss = learner.train_session(data.train_loader(t, memory, seed, ctx),
-                                     desc=f"session {t}/{cfg.num_task - 1}")
+                                     desc=f"session {t}/{cfg.num_task - 1}",
+                                     test_accuracy=selection)
     except Diverged as e:  # nothing of session t is written; the finished ones stay as they are
         raise ConfigError(e.extended(f"nothing of session {t} was written; resume with "
                                      f"`{store.command(t)}`")) from None
     trained = time.time()
     _update_memory(memory, data, t, model, device, ctx)
-    results = evaluate(model, data, memory, t, cfg, device, seed, ctx)
+    results = evaluate(model, data, memory, t, scfg, device, seed, ctx)
     done = time.time()
     record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
               "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
+              "session_settings": session_settings(cfg, t), **learner.selection,
               "final_train_loss": loss, "train_loss_per_epoch": learner.epoch_losses,
               "memory_exemplars": len(memory),
               "train_seconds": trained - began, "eval_seconds": done - trained,
