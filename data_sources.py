@@ -27,17 +27,19 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 RELEASE_CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 ESTIMATED = "estimated"  # statistics measured on STATS_SAMPLE training images when the data are read
 STATS_SAMPLE = 500  # training images that estimate CUB's and MS-Celeb's channel statistics
+MEASURED = "measured"  # statistics of every training image, computed when the data are read (digits32)
 # The statistics each pipeline normalises with (None: it does not normalise); MNIST's and the
 # digits' are the same under both settings (their readers).
 STATS = {
     "release": {"cifar100": RELEASE_CIFAR100_STATS, "svhn": IMAGENET_STATS,
-                "imagenet": IMAGENET_STATS, "celeb": RELEASE_CIFAR100_STATS, "cub200": None},
+                "imagenet": IMAGENET_STATS, "celeb": RELEASE_CIFAR100_STATS, "cub200": None,
+                "digits32": MEASURED},
     "corrected": {"cifar100": CIFAR100_STATS, "svhn": SVHN_STATS, "imagenet": IMAGENET_STATS,
-                  "celeb": ESTIMATED, "cub200": ESTIMATED},
+                  "celeb": ESTIMATED, "cub200": ESTIMATED, "digits32": MEASURED},
 }
 # Side of the square images the networks see: fixed by the data set, or for the image-file data sets
 # args.image_size, else the crop of the chosen pipeline (the release cropped ImageNet to 112).
-FIXED_SIZE = {"mnist": 28, "digits": 8, "cifar100": 32, "svhn": 32}
+FIXED_SIZE = {"mnist": 28, "digits": 8, "digits32": 32, "cifar100": 32, "svhn": 32}
 DEFAULT_IMAGE_SIZE = {"release": {"imagenet": 112, "celeb": 112, "cub200": 224},
                       "corrected": {"imagenet": 224, "celeb": 112, "cub200": 224}}
 
@@ -147,10 +149,13 @@ RELEASE_DEGREES = 10  # every training pipeline of the release rotated by up to 
 # augment_batch (args.gpu_data), so the two draw from the same distribution.
 IN_MEMORY_AUGMENT = {
     "release": {"cifar100": Augmentation(4, flip=True, degrees=RELEASE_DEGREES),
-                "svhn": Augmentation(4, flip=True, degrees=RELEASE_DEGREES)},
+                "svhn": Augmentation(4, flip=True, degrees=RELEASE_DEGREES),
+                # digits32 has no release; it takes the shape of the release's SVHN pipeline
+                "digits32": Augmentation(4, flip=True, degrees=RELEASE_DEGREES)},
     # Digits are never flipped: a mirrored 2 or 5 is no longer that digit.
     "corrected": {"cifar100": Augmentation(4, flip=True),
-                  "svhn": Augmentation(2, degrees=10)},
+                  "svhn": Augmentation(2, degrees=10),
+                  "digits32": Augmentation(2, degrees=10)},
 }
 # The release's (crop, train resize, test resize) sides of its scale-augmented pipelines; at another
 # args.image_size both resize sides keep their ratio to the crop.
@@ -178,9 +183,9 @@ class Pipeline:
 
 
 def pipeline(dataset, setting, size):
-    """The Pipeline of ``dataset`` (one with images: not MNIST, not the digits) under
+    """The Pipeline of ``dataset`` (one with images: not MNIST, not the 8×8 digits) under
     args.augmentation = ``setting`` for ``size``-px crops: "release" as the authors' code had it,
-    "corrected" as the README explains."""
+    "corrected" as the README explains. ``stats`` ESTIMATED or MEASURED: the reader fills them in."""
     stats = STATS[setting][dataset]
     if dataset in IN_MEMORY_AUGMENT[setting]:
         return Pipeline(size, IN_MEMORY_AUGMENT[setting][dataset], stats)
@@ -335,15 +340,22 @@ def load_mnist(cfg):
                   [str(d) for d in range(10)], Tensors(train.x, test.x))
 
 
-def load_digits(cfg):
-    """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
+def sklearn_digits(seed):
+    """scikit-learn's bundled 8×8 digits and the split both digit data sets use: (images N×1×8×8 in
+    [0, 1], float32; labels; training indices; test indices), 80/20 stratified, seeded by ``seed``."""
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
     bunch = sk_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = bunch.target.astype(np.int64)
     tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
-                              random_state=cfg.seed)
+                              random_state=seed)
+    return x, labels, tr, te
+
+
+def load_digits(cfg):
+    """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
+    x, labels, tr, te = sklearn_digits(cfg.seed)
     mean, std = x[tr].mean(), x[tr].std()
     x = (x - mean) / std
     train = TensorData(x[tr], labels[tr])
@@ -362,6 +374,45 @@ def _array_source(train_images, train_labels, test_images, test_labels, names, p
                   ImageArray(test_images, test_labels, test_tf),
                   np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64),
                   len(names), (3,) + tuple(train_images.shape[1:3]), list(names), tensors)
+
+
+DIGITS32_SIDE = 32
+
+
+def upsampled_digits(x):
+    """[0, 1] digits N×1×8×8 as uint8 RGB images N×32×32×3 (the three channels equal), the layout of
+    SVHN's arrays.
+
+    Bilinear on the [0, 1] intensities (align_corners=False: pixel centres, as PIL resizes): each
+    pixel becomes a 4×4 block ramping to its neighbours, so strokes keep soft edges as in SVHN's
+    photographs, where nearest neighbour would draw 4×4 squares with hard steps between them, an
+    artefact of the upsampling the 3×3 convolutions could learn; bicubic would overshoot [0, 1].
+    Bilinear is a convex combination, so the values stay in [0, 1], and averaging each 4×4 block
+    gives back the original blurred by [1, 6, 1]/8 along each axis (tests/test_digits_cnn.py).
+    Rounding to uint8 (PIL images, as SVHN's) moves a value by at most 0.5/255."""
+    up = F.interpolate(x, size=(DIGITS32_SIDE, DIGITS32_SIDE), mode="bilinear", align_corners=False)
+    images = up.mul(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
+    return np.ascontiguousarray(images.numpy())
+
+
+def channel_stats(images):
+    """Per-channel mean and (population) std of uint8 images N×H×W×C on the [0, 1] scale, over every
+    pixel in float64: no sample drawn, so a resumed run normalises exactly as the first one did."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
+
+
+def load_digits32(cfg):
+    """``load_digits``' images, labels and split, upsampled to 32×32 and repeated over three channels
+    (``upsampled_digits``): real images for the reduced ResNet-18, held in memory as SVHN is and
+    augmented as its pipelines are, normalised with their own training set's statistics."""
+    x, labels, tr, te = sklearn_digits(cfg.seed)
+    images = upsampled_digits(x)
+    train, test = images[tr], images[te]
+    pipe = pipeline("digits32", cfg.augmentation, image_size(cfg))
+    if pipe.stats == MEASURED:
+        pipe = replace(pipe, stats=channel_stats(train))
+    return _array_source(train, labels[tr], test, labels[te], [str(d) for d in range(10)], pipe)
 
 
 def load_cifar100(cfg):
@@ -559,6 +610,7 @@ def load_cub(cfg):
 DATA_SOURCES = {
     "mnist": load_mnist,
     "digits": load_digits,
+    "digits32": load_digits32,
     "cifar100": load_cifar100,
     "svhn": load_svhn,
     "imagenet": load_imagenet,

@@ -475,23 +475,58 @@ def predict_tasks(scores, continuum):
 
 def adapt(model, data, memory, k, cfg, device, seed):
     """The "single update": a copy of the model fine-tuned on task k's exemplars (release: Adam,
-    lr 1e-3, one epoch, batch 64, BCE on the slice, training transforms)."""
+    lr 1e-3, one epoch, batch 64, BCE on the slice, training transforms, BatchNorm in train mode).
+
+    Every draw it makes, the exemplars' order and their augmentations, comes from generators seeded
+    by ``seed`` alone (the run's seed, the session and the task): the same saved session adapts the
+    same way at the end of training, on resume and in any later process, whatever the training
+    before it drew. ``args.adapt_bn = "reestimate"`` then re-estimates BatchNorm's statistics on the
+    task's plain exemplars (``reestimate_statistics``)."""
     adapted = copy.deepcopy(model)
     indices = memory.indices(data.task_classes(k))
     if len(indices) == 0 or cfg.adapt_epochs == 0:
         return adapted
-    adapted.train()
-    opt = torch.optim.Adam(adapted.parameters(), lr=cfg.adapt_lr, foreach=True)
-    loader = data.loader(data.train_set, indices, cfg.adapt_batch, shuffle=True, seed=seed)
-    for _ in range(cfg.adapt_epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            x, y = to_input(x, cfg, device), y.to(device, non_blocking=True)
-            with single_sample_guard(adapted, len(x)), autocast(cfg, device):
-                loss = task_loss(adapted(x), y, k, cfg.class_per_task)
-            loss.backward()
-            opt.step()
+    with torch.random.fork_rng(devices=[]):  # the global generator feeds torchvision's transforms
+        torch.default_generator.manual_seed(seed)
+        adapted.train()
+        opt = torch.optim.Adam(adapted.parameters(), lr=cfg.adapt_lr, foreach=True)
+        loader = data.loader(data.train_set, indices, cfg.adapt_batch, shuffle=True, seed=seed)
+        for _ in range(cfg.adapt_epochs):
+            for x, y in loader:
+                opt.zero_grad(set_to_none=True)
+                x, y = to_input(x, cfg, device), y.to(device, non_blocking=True)
+                with single_sample_guard(adapted, len(x)), autocast(cfg, device):
+                    loss = task_loss(adapted(x), y, k, cfg.class_per_task)
+                loss.backward()
+                opt.step()
+    if cfg.adapt_bn == "reestimate":
+        reestimate_statistics(adapted, data, indices, cfg, device)
     return adapted
+
+
+@torch.no_grad()
+def reestimate_statistics(model, data, indices, cfg, device):
+    """BatchNorm's running statistics measured anew on the exemplars ``indices`` without
+    augmentation, for the weights the update left: one pass in train mode, each layer's statistics
+    the plain average over the batches (momentum None), no weight changed. After the release's update
+    the statistics match neither the old weights nor the new ones (README: *The single update on
+    BatchNorm networks*). A network without BatchNorm is left as it is."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for x, _ in data.loader(data.train_plain, indices, cfg.adapt_batch):
+            with single_sample_guard(model, len(x)), autocast(cfg, device):
+                model(to_input(x, cfg, device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 def accuracy(pred, labels):

@@ -217,6 +217,7 @@ class CelebResNet18(nn.Module):
 NETWORKS = {
     "mnist": MLP,
     "digits": MLP,
+    "digits32": ReducedResNet18,
     "cifar100": ReducedResNet18,
     "svhn": ReducedResNet18,
     "imagenet": ResNet18,

@@ -50,6 +50,7 @@ class args:
     adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
+    adapt_bn = "release"                # BatchNorm statistics after the update: as left (release) or "reestimate"
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     augmentation = "release"            # the release's pipeline and statistics; "corrected": ours
     image_size = None                   # fixed 32×32 (only image-file data sets resize)

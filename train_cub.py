@@ -48,6 +48,7 @@ class args:
     adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
+    adapt_bn = "release"                # BatchNorm statistics after the update: as left (release) or "reestimate"
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     augmentation = "release"            # "release": the release's CUB pipeline; "corrected": ours
     image_size = None                   # None: 224-px crops (ResNet-18's stem adapts to any size)

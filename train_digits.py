@@ -48,6 +48,7 @@ class args:
     adapt_lr = 1e-3                     # "single update": Adam learning rate
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size
+    adapt_bn = "release"                # BatchNorm statistics after the update: as left (release) or "reestimate"
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     augmentation = "release"            # no augmentation either way: "release" or "corrected" alike
     image_size = None                   # fixed by the data set (only image-file data sets resize)

@@ -51,6 +51,7 @@ class args:
     adapt_lr = 1e-3                     # "single update": Adam learning rate (release)
     adapt_epochs = 1                    # "single update": epochs over the task's exemplars
     adapt_batch = 64                    # "single update": batch size (release)
+    adapt_bn = "release"                # BatchNorm statistics after the update: as left (release) or "reestimate"
     device = "auto"                     # "auto" (GPU if visible), "cpu" or "cuda[:N]"
     augmentation = "release"            # the release's pipeline and statistics; "corrected": ours
     image_size = None                   # None: the pipeline's crop (release 112 px, corrected 224)

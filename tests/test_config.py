@@ -14,7 +14,8 @@ def shrunk(**over):
     return type("args", (train_digits.args,), over)
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist", "svhn", "cifar", "imagenet", "celeb", "cub"])
+@pytest.mark.parametrize("name", ["digits", "digits_cnn", "mnist", "svhn", "cifar", "imagenet",
+                                  "celeb", "cub"])
 def test_shipped_args_are_valid_and_complete(name):
     script = importlib.import_module(f"train_{name}")
     cfg = check_args(script.args)
@@ -26,7 +27,7 @@ def test_shipped_args_are_valid_and_complete(name):
     ({"class_per_task": 3, "num_task": 3}, r"args.class_per_task = 3 does not divide args.num_class = 10"),
     ({"num_task": 4}, r"args.num_task \* args.class_per_task = 4 \* 2 != args.num_class = 10; set num_task = 5"),
     ({"memory": 9}, r"args.memory = 9 is smaller than args.num_class = 10"),
-    ({"dataset": "places365"}, r"args.dataset = 'places365' is invalid; it must be one of 'mnist', 'digits', 'cifar100', 'svhn', 'imagenet', 'celeb', 'cub200'"),
+    ({"dataset": "places365"}, r"args.dataset = 'places365' is invalid; it must be one of 'mnist', 'digits', 'digits32', 'cifar100', 'svhn', 'imagenet', 'celeb', 'cub200'"),
     ({"image_size": 64}, r"args.image_size = 64 applies only to data sets read from image files \(imagenet, celeb, cub200\); digits has a fixed size"),
     ({"dataset": "imagenet", "image_size": 8}, r"args.image_size = 8 is invalid; it must be None \(the data set's standard size\) or an integer >= 16"),
     ({"class_order": "nowhere/classes.txt"}, r"args.class_order = 'nowhere/classes.txt' is invalid; it must be 'natural', 'shuffled' or the path of an existing text file"),

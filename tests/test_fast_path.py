@@ -214,7 +214,8 @@ def test_gpu_options_need_a_gpu(cfg_factory, monkeypatch, name):
 def test_gpu_data_only_for_data_sets_in_memory(cfg_factory, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ConfigError, match=r"args.gpu_data = True applies only to the data sets "
-                                          r"held in memory \(mnist, digits, cifar100, svhn\)"):
+                                          r"held in memory \(mnist, digits, digits32, cifar100, "
+                                          r"svhn\)"):
         cfg_factory(dataset="imagenet", gpu_data=True)
 
 
@@ -235,6 +236,8 @@ def on_device_data(cfg_factory, dataset, data_path, **over):
 
 
 def write_in_memory(dataset, root, monkeypatch):
+    if dataset == "digits32":  # ships with scikit-learn: nothing to write
+        return dict(num_class=4, class_per_task=2, num_task=2, memory=8)
     if dataset == "cifar100":
         F.point_torchvision_at_cifar100(monkeypatch, F.write_cifar100(str(root)))
         return dict(num_class=20, class_per_task=10, num_task=2, memory=20)
@@ -248,7 +251,7 @@ def cifar(tmp_path, monkeypatch, cfg_factory):
                           **write_in_memory("cifar100", tmp_path, monkeypatch))
 
 
-SETTINGS = [(d, s) for d in ("cifar100", "svhn") for s in ("release", "corrected")]
+SETTINGS = [(d, s) for d in ("cifar100", "svhn", "digits32") for s in ("release", "corrected")]
 
 
 @pytest.mark.parametrize("dataset, setting", SETTINGS)
@@ -299,7 +302,7 @@ def is_crop(image, original, pad, p=4):
     return False
 
 
-@pytest.mark.parametrize("dataset", ["cifar100", "svhn"])
+@pytest.mark.parametrize("dataset", ["cifar100", "svhn", "digits32"])
 def test_release_batches_hold_original_pixels_or_the_zero_fill(dataset, tmp_path, monkeypatch,
                                                                cfg_factory):
     """Crop, flip and rotation move pixels and fill with zeros on [0, 1] images, before the
@@ -326,7 +329,9 @@ def pixels(image):
 
 # (args.augmentation, data set) -> (padding, flipped, degrees) each pipeline must draw from
 IN_MEMORY = {("release", "cifar100"): (4, True, 10), ("release", "svhn"): (4, True, 10),
-             ("corrected", "cifar100"): (4, True, 0), ("corrected", "svhn"): (2, False, 10)}
+             ("release", "digits32"): (4, True, 10),
+             ("corrected", "cifar100"): (4, True, 0), ("corrected", "svhn"): (2, False, 10),
+             ("corrected", "digits32"): (2, False, 10)}
 
 
 def coded_images(n, side=32):

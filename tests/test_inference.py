@@ -272,3 +272,75 @@ def test_the_table_lists_the_accuracy_by_continuum_size(cfg_factory):
     assert lines[-2].startswith("task prediction: ")
     assert lines[-1] == ("task-agnostic by continuum size: 1: 50.00, 2: 62.50, 4: 87.50, "
                          "5: 87.50, 10: 87.50, 20: 87.50, 50: 87.50")
+
+
+# ---------------------------------------------------------------- the single update's draws, BatchNorm
+
+def noisy_setup(cfg_factory, **over):
+    """Two tasks whose training transform adds noise from torch's global generator (as torchvision's
+    random crops and flips draw from it), a BatchNorm network."""
+    cfg = cfg_factory(num_class=4, class_per_task=2, num_task=2, continuum=4, adapt_epochs=1,
+                      test_batch=3, adapt_batch=3, **over)
+    x = torch.arange(32, dtype=torch.float32).reshape(8, 4) / 10
+    train = TensorData(x, LABELS, transform=lambda v: v + torch.randn(4))
+    plain = TensorData(x, LABELS)
+    data = IncrementalData(cfg, source=Source(train, plain, TensorData(x, LABELS), train.labels,
+                                              train.labels, 4, (4,)))
+    memory = ReplayMemory(8)
+    memory.update(data, [0, 1, 2, 3], session=1)
+    model = Echo()
+    model.features = nn.BatchNorm1d(4)
+    return cfg, data, memory, model
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_the_single_update_draws_only_from_its_seed(cfg_factory):
+    """Whatever the global generator holds (training before it drew from it), the update with one
+    seed gives the same model; another seed another; and the global generator is left as it was."""
+    cfg, data, memory, model = noisy_setup(cfg_factory)
+    results = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        results.append(state(L.adapt(model, data, memory, 1, cfg, "cpu", seed=7)))
+        follows = torch.rand(1)
+        torch.manual_seed(global_seed)
+        assert torch.equal(follows, torch.rand(1))  # the update left the global generator alone
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+    other = state(L.adapt(model, data, memory, 1, cfg, "cpu", seed=8))
+    assert not torch.equal(other["features.running_mean"], results[0]["features.running_mean"])
+
+
+def test_reestimate_measures_batchnorm_on_the_plain_exemplars(cfg_factory):
+    """adapt_bn = "reestimate": after the update, each BatchNorm layer's statistics are the plain
+    average over the batches of the task's exemplars without augmentation (a batch of one sample
+    gives no statistics to a layer of one value a channel), the weights the update's; "release"
+    keeps what the update's train-mode passes left."""
+    cfg, data, memory, model = noisy_setup(cfg_factory, adapt_bn="reestimate")
+    released = L.adapt(model, data, memory, 1, cfg_factory(**{**vars(cfg), "adapt_bn": "release"}),
+                       "cpu", seed=7)
+    adapted = L.adapt(model, data, memory, 1, cfg, "cpu", seed=7)
+    assert torch.equal(adapted.head.weight, released.head.weight)  # the same update
+    indices = memory.indices([2, 3])
+    plain = torch.stack([data.train_plain[i][0] for i in indices])
+    batches = plain.split(cfg.adapt_batch)
+    assert [len(b) for b in batches] == [3, 1]
+    batches = batches[:1]  # one value a channel has no variance: that batch leaves them alone
+    mean = torch.stack([b.mean(0) for b in batches]).mean(0)
+    var = torch.stack([b.var(0) for b in batches]).mean(0)
+    assert torch.allclose(adapted.features.running_mean, mean, atol=1e-6)
+    assert torch.allclose(adapted.features.running_var, var, atol=1e-6)
+    assert adapted.features.momentum == 0.1  # restored
+    assert not torch.allclose(released.features.running_mean, mean, atol=1e-3)
+
+
+def test_reestimate_leaves_a_network_without_batchnorm_alone(cfg_factory):
+    cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
+    cfg.adapt_bn = "reestimate"
+    a = L.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    cfg.adapt_bn = "release"
+    b = L.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    assert torch.equal(a.head.weight, b.head.weight)

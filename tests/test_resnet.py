@@ -10,7 +10,8 @@ from resnet import (MLP, NETWORKS, CelebResNet18, PowerMeanPool, ReducedResNet18
 from utils.errors import ConfigError
 
 # a small input for each data set name (ResNet-18 at 32/64 px to keep the tests fast)
-SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
+SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8), "digits32": (3, 32, 32),
+          "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
           "imagenet": (3, 64, 64), "celeb": (3, 32, 32), "cub200": (3, 32, 32)}
 FEATURE_DIM = {MLP: 400, ReducedResNet18: 170, ResNet18: 512, CelebResNet18: 512}
 HEAD_BIAS = {"celeb"}  # the release's MS-Celeb head has a bias; every other head has none
@@ -49,7 +50,7 @@ def test_unknown_network():
 
 def test_every_data_set_has_a_network():
     assert set(NETWORKS) == set(SHAPES)
-    assert {NETWORKS[d] for d in ("cifar100", "svhn")} == {ReducedResNet18}
+    assert {NETWORKS[d] for d in ("cifar100", "svhn", "digits32")} == {ReducedResNet18}
     assert {NETWORKS[d] for d in ("imagenet", "cub200")} == {ResNet18}
     assert NETWORKS["celeb"] is CelebResNet18
 

@@ -29,13 +29,18 @@ SHIPPED = {
     "train_mnist": dict(dataset="mnist", num_class=10, class_per_task=2, num_task=5,
                         optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=20,
                         schedule=[5, 10, 15], gamma=0.5, train_batch=256, memory=2000, beta=0.5),
+    # the offline BatchNorm demo: SVHN's training on the digits at 32 px, shortened (test_digits_cnn)
+    "train_digits_cnn": dict(dataset="digits32", num_class=10, class_per_task=2, num_task=5,
+                             memory=400, optimizer="radam", lr=0.01, epochs=8, schedule=[4, 6],
+                             gamma=0.2, train_batch=64, beta=1.0, r=1, adapt_lr=1e-3,
+                             adapt_epochs=1, adapt_batch=64, channels_last=True, num_workers=0),
 }
 # The release's settings by session, hard-coded in its scripts and learner: MNIST trains session 0
 # for 5 epochs and session 4 at lr 0.05; SVHN's newest task takes 4 inner steps in session 4.
 SESSIONS = {"train_mnist": {0: {"epochs": 5}, 4: {"lr": 0.05}}, "train_svhn": {4: {"r_newest": 4}}}
 # The crop each script's pipeline gives (image_size None: the pipeline decides).
 SIDE = {"train_cifar": 32, "train_svhn": 32, "train_imagenet": 112, "train_celeb": 112,
-        "train_cub": 224, "train_mnist": 28}
+        "train_cub": 224, "train_mnist": 28, "train_digits_cnn": 32}
 # What produced the paper's numbers ships by default.
 RELEASE = dict(variant="official", task_start="previous", meta_target="last",
                task_optimizer="shared", batch_forward=True, augmentation="release",

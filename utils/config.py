@@ -14,9 +14,9 @@ import torch
 from utils.errors import ConfigError
 
 REQUIRED = object()
-DATASETS = ("mnist", "digits", "cifar100", "svhn", "imagenet", "celeb", "cub200")
+DATASETS = ("mnist", "digits", "digits32", "cifar100", "svhn", "imagenet", "celeb", "cub200")
 RESIZABLE = ("imagenet", "celeb", "cub200")  # read from image files, so any crop size works
-IN_MEMORY = ("mnist", "digits", "cifar100", "svhn")  # small enough to hold as one tensor on a GPU
+IN_MEMORY = ("mnist", "digits", "digits32", "cifar100", "svhn")  # small enough to hold as one tensor on a GPU
 GPU_ONLY = ("gpu_data", "amp", "compile")  # speed options that only pay off on a GPU
 
 # The training the two variants stand for, one switch per way the release's computation differs
@@ -127,6 +127,7 @@ SCHEMA = {
     "adapt_lr": (*_real(0.0, strict=True), REQUIRED),
     "adapt_epochs": (*_int(0), REQUIRED),
     "adapt_batch": (*_int(1), REQUIRED),
+    "adapt_bn": (*_choice("release", "reestimate"), "release"),
     "device": (*_device(), "auto"),
     "augmentation": (*_choice("release", "corrected"), "release"),
     "image_size": (*_image_size(), None),

@@ -91,7 +91,7 @@ def plain(cfg):
     return json.loads(json.dumps(vars(cfg)))
 
 
-def _old_value(old_args, field):
+def recorded_value(old_args, field):
     """A field's value in a record; records older than a field carry what they ran with: a
     switch, their variant's choice; others, the field's default."""
     if field not in old_args and field in BEFORE_FIELD:
@@ -126,7 +126,7 @@ def check_resume(cfg, record, record_path, saved_names):
     for field in SCHEMA:
         if field not in old_args and SCHEMA[field][2] is REQUIRED:
             continue  # a field this record predates, with no default to compare with
-        old = _old_value(old_args, field)
+        old = recorded_value(old_args, field)
         if old == new[field]:
             continue
         if field in UNSAFE and not _equivalent(field, old, new[field], cfg, saved_names):

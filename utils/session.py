@@ -88,9 +88,9 @@ def _read_resume(cfg, store, start, history):
     """The args changed since session start−1 (refusing those that would change what the finished
     sessions mean), its class order, and the manifest."""
     def saved_names():  # only read when a class list has moved
-        return _load_class_order(cfg, store).get("class_names")
+        return load_class_order(cfg, store).get("class_names")
     changes = check_resume(cfg, history[-1], store.session_json(start - 1), saved_names)
-    return changes, _load_class_order(cfg, store), read_manifest(store, start)
+    return changes, load_class_order(cfg, store), read_manifest(store, start)
 
 
 def _begin(cfg, store, start, device, data, manifest, changes, history, ctx):
@@ -154,16 +154,16 @@ def _prepare(cfg, store, start, device, saved, history):
         memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
     else:
         data = IncrementalData(cfg, saved["class_order"])
-        memory = _load_memory(cfg, store, data, start - 1, history[-1])
+        memory = load_memory(cfg, store, data, start - 1, history[-1])
         state = store.load_model_state(start - 1)
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.dataset, data.input_shape, cfg.num_class)
     if state is not None:
-        _load_weights(model, state, cfg, store, start - 1, history[-1])
+        load_weights(model, state, cfg, store, start - 1, history[-1])
     return model.to(device), memory, data
 
 
-def _load_weights(model, state, cfg, store, t, record):
+def load_weights(model, state, cfg, store, t, record):
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError, KeyError):
@@ -173,7 +173,7 @@ def _load_weights(model, state, cfg, store, t, record):
     store.check_checksum(store.model_file(t), record, t)
 
 
-def _load_class_order(cfg, store):
+def load_class_order(cfg, store):
     # Every session depends on the class order: redoing one session cannot repair it.
     hint = "restore it or start again at task 0 with a new args.checkpoint"
     saved = store.read_json(store.class_order_file, hint)
@@ -185,7 +185,7 @@ def _load_class_order(cfg, store):
     return saved
 
 
-def _load_memory(cfg, store, data, t, record):
+def load_memory(cfg, store, data, t, record):
     path = store.memory_file(t)
     state = store.read_json(path, store.redo_hint(t))
     try:
