@@ -1,18 +1,18 @@
-"""Class-incremental data: data sets, class order, tasks, the replay memory and loaders.
+"""Class-incremental data: the data set cut into tasks along a class order, and its loaders.
 
 Labels are handled as *positions* in the class order: position p is the p-th class to arrive, task k
 holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head.
-The memory stores indices into the training set, so it is small, exact and saved as JSON.
+The replay memory lives in ``utils/data/memory.py``; the data sets' readers behind
+``data_sources.py``.
 """
-import math
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from data_sources import DATA_SOURCES, augment_batch, normalise_batch
-from utils.distributed import ShardSampler, local_batch, shard
+from data_sources import DATA_SOURCES
 from utils.errors import ConfigError
+from utils.fast.distributed import ShardSampler, local_batch
+from utils.fast.gpu_data import TensorBatches
 
 
 class Relabeled(Dataset):
@@ -137,120 +137,3 @@ class IncrementalData:
         order = RandomSampler(subset, generator=generator) if shuffle else SequentialSampler(subset)
         return DataLoader(subset, batch_size=local_batch(batch_size, ranks[1]),
                           sampler=ShardSampler(order, *ranks), generator=generator, **options)
-
-
-class TensorBatches:
-    """Mini-batches of a split held as one tensor (``args.gpu_data``): one gather per batch and a
-    batched augmentation on the tensor's device, so no worker processes and no per-sample Python.
-    Labels (class positions) stay on the host, where the learner plans its split by task."""
-
-    def __init__(self, images, labels, augment, stats, indices, batch_size, shuffle, seed,
-                 ranks=None):
-        self.images, self.labels, self.augment, self.stats = images, labels, augment, stats
-        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        self.ranks = ranks  # (rank, world_size) under torchrun: this rank's shard of each epoch
-        if ranks is not None:
-            batch_size = local_batch(batch_size, ranks[1])
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(int(seed))  # order and augmentation draws
-
-    def __len__(self):
-        n = len(self.indices) if self.ranks is None else local_batch(len(self.indices), self.ranks[1])
-        return math.ceil(n / self.batch_size)
-
-    def __iter__(self):
-        order = self.indices
-        if self.shuffle:  # a new order every epoch, as a DataLoader's
-            order = order[torch.randperm(len(order), generator=self.generator)]
-        if self.ranks is not None:
-            order = torch.as_tensor(shard(order.numpy(), *self.ranks))
-        for chunk in order.split(self.batch_size):
-            x = self.images[chunk.to(self.images.device)]
-            if self.stats is not None:  # uint8 images: to [0, 1], augment, normalise
-                x = augment_batch(x.float().div_(255.0), self.augment, self.generator)
-                x = normalise_batch(x, self.stats)
-            yield x, self.labels[chunk]
-
-
-class ReplayMemory:
-    """At most ``size`` exemplars, split equally over the classes seen so far.
-
-    Each class's exemplars are kept in priority order (a seeded shuffle, herding order, or data-set
-    order for the release's "first" selection), so when new classes arrive and the per-class quota
-    shrinks, a class keeps its first ``quota`` exemplars.
-    """
-
-    def __init__(self, size, selection="random", seed=0):
-        self.size, self.selection, self.seed = size, selection, seed
-        self.exemplars = {}  # class position -> np.ndarray of training-set indices
-
-    def quota(self, num_seen):
-        return self.size // num_seen
-
-    def __len__(self):
-        return sum(len(v) for v in self.exemplars.values())
-
-    def classes(self):
-        return sorted(self.exemplars)
-
-    def indices(self, classes=None):
-        classes = self.classes() if classes is None else classes
-        parts = [self.exemplars[c] for c in classes if c in self.exemplars]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def update(self, data, new_classes, session, model=None, device="cpu"):
-        """Shrink old classes to the new quota, then pick exemplars of ``new_classes``."""
-        m = self.quota(len(self.exemplars) + len(new_classes))
-        for c in self.exemplars:
-            self.exemplars[c] = self.exemplars[c][:m]
-        for c in new_classes:
-            candidates = data.class_indices(c)
-            if self.selection == "random":
-                rng = np.random.default_rng([self.seed, session, c])
-                chosen = rng.permutation(candidates)[:m]
-            elif self.selection == "first":  # the release: the first m in data-set order
-                chosen = candidates[:m]
-            else:
-                feats = extract_features(model, data, candidates, device)
-                chosen = candidates[herding(feats, m)]
-            self.exemplars[c] = np.asarray(chosen, dtype=np.int64)
-
-    def state_dict(self):
-        return {"size": self.size, "selection": self.selection, "seed": self.seed,
-                "exemplars": {str(c): v.tolist() for c, v in sorted(self.exemplars.items())}}
-
-    @classmethod
-    def from_state(cls, state):
-        memory = cls(int(state["size"]), state["selection"], int(state["seed"]))
-        memory.exemplars = {int(c): np.asarray(v, dtype=np.int64)
-                            for c, v in state["exemplars"].items()}
-        return memory
-
-
-@torch.no_grad()
-def extract_features(model, data, indices, device):
-    """L2-normalised features θ(x) of training samples, seen with test transforms."""
-    was_training = model.training
-    model.eval()
-    feats = [model.features(x.to(device)).flatten(1).float().cpu()
-             for x, _ in data.loader(data.train_plain, indices, data.cfg.test_batch)]
-    model.train(was_training)
-    feats = torch.cat(feats)
-    return feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def herding(features, m):
-    """iCaRL's herding: greedily pick samples whose running mean best tracks the class mean."""
-    m = min(m, len(features))
-    mu = features.mean(0)
-    running = torch.zeros_like(mu)
-    taken = torch.zeros(len(features), dtype=torch.bool)
-    order = []
-    for k in range(1, m + 1):
-        dist = (mu - (running + features) / k).norm(dim=1)
-        dist[taken] = float("inf")
-        i = int(dist.argmin())
-        order.append(i)
-        taken[i] = True
-        running += features[i]
-    return np.asarray(order, dtype=np.int64)

@@ -3,7 +3,7 @@
 The release trained this setting but never evaluated it; here every protocol is measured after every
 session. The paper reports 95.0% after the last task.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

@@ -5,7 +5,7 @@ The paper reports 77.8% (10 a task), 77.1% (5) and 72.3% (20) after the last tas
 script runs the computation that produced those numbers: the release's training (`variant =
 "official"`) and augmentation (`augmentation = "release"`). `variant = "paper"` runs Alg. 1 as printed.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

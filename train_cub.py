@@ -3,7 +3,7 @@
 The paper reports no CUB number; the settings follow the release's ImageNet-scale ones with a smaller
 batch, since CUB has about 30 training images a class.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

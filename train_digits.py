@@ -4,7 +4,7 @@ Unlike the paper's scripts, the demo runs Alg. 1 as printed (`variant = "paper"`
 the method step by step. On these digits it also ends higher than the release's training (README,
 "Where we differ from the authors' release": five seeds of each).
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

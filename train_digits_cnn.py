@@ -9,7 +9,7 @@ as the release trained SVHN (its variant, RAdam, augmentation shape and single u
 that it ends in a few minutes on two CPU cores. It is where the single update's fragility is
 measured: rerun it with `adapt_lr=…`, `adapt_epochs=…` or `adapt_bn=reestimate` on the command line.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

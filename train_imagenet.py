@@ -6,7 +6,7 @@ ImageNet-1K: num_class = 1000, class_per_task = 100, memory = 20000. The release
 the settings follow its CIFAR-100 and MS-Celeb ones. The paper reports 89.8% (ImageNet-100) and
 63.2% (ImageNet-1K) after the last task.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

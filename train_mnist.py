@@ -1,5 +1,5 @@
 """iTAML on MNIST, 5 tasks of 2 digits (the paper's setting): `python3 train_mnist.py [start_task]`."""
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

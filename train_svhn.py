@@ -4,7 +4,7 @@ As shipped, the release's training and augmentation: random crops, rotations and
 and ImageNet's statistics. A mirrored digit is another symbol: `augmentation = "corrected"` drops the
 flip and normalises with SVHN's own statistics.
 """
-from utils.session import main
+from utils.run.session import main
 
 
 class args:

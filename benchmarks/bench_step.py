@@ -42,13 +42,15 @@ if ROOT not in sys.path:
 
 import train_cifar  # noqa: E402
 from benchmarks.naive import NaiveMetaLearner  # noqa: E402
-from data_sources import Source, TensorData, Tensors  # noqa: E402
-from incremental_dataloader import IncrementalData, ReplayMemory  # noqa: E402
-from learner_task_itaml import (MetaLearner, autocast, evaluate, make_optimizer,  # noqa: E402
-                                predict_logits, prepare_model, to_input)
+from incremental_dataloader import IncrementalData  # noqa: E402
+from learner_task_itaml import MetaLearner, make_optimizer  # noqa: E402
 from resnet import ReducedResNet18  # noqa: E402
 from utils.config import check_args  # noqa: E402
+from utils.data.memory import ReplayMemory  # noqa: E402
+from utils.data.sources import Source, TensorData, Tensors  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
+from utils.fast.device import autocast, prepare_model, to_input  # noqa: E402
+from utils.inference import evaluate, predict_logits  # noqa: E402
 
 TASK_COUNTS = (1, 5, 10)
 R_VALUES = (1, 2)

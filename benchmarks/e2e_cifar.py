@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import fake_data  # noqa: E402  (tests/fake_data.py: the real formats' writers)
 import train_cifar  # noqa: E402
-from utils import overrides  # noqa: E402
-from utils.session import run  # noqa: E402
+from utils.run import overrides  # noqa: E402
+from utils.run.session import run  # noqa: E402
 
 FULL_SESSIONS, FULL_EPOCHS = 10, 70
 

@@ -11,9 +11,9 @@ import copy
 
 import torch
 
-from learner_task_itaml import (accuracy, adapt, continuum_ids, eta_for, predict_logits,
-                                predict_tasks, single_sample_guard, task_loss, task_scores,
-                                task_slice)
+from learner_task_itaml import eta_for, single_sample_guard, task_loss, task_slice
+from utils.inference import (accuracy, adapt, continuum_ids, predict_logits, predict_tasks,
+                             task_scores)
 
 
 def default_optimizer(cfg, params):

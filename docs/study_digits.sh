@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/study}
 JOBS=${JOBS:-2}
-sweep() { python3 -m utils.sweep train_digits.py --seeds 0-9 --jobs "$JOBS" --out "$OUT" "$@"; }
+sweep() { python3 -m utils.run.sweep train_digits.py --seeds 0-9 --jobs "$JOBS" --out "$OUT" "$@"; }
 sweep variant=paper,official                 # the two presets
 sweep task_start=previous                    # each of the release's training deviations alone
 sweep meta_target=last

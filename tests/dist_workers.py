@@ -1,6 +1,6 @@
 """What each of the two gloo ranks of tests/test_distributed.py runs, importable by spawned children.
 
-``paper_step`` and ``official_step`` show how the learner wires utils.distributed into one
+``paper_step`` and ``official_step`` show how the learner wires utils.fast.distributed into one
 mini-batch of Alg. 1 (plain SGD inner loops, so the expected values can be computed independently);
 ``single_process_paper_step`` transcribes the current single-process arithmetic of
 ``learner_task_itaml._MeanOfTasks`` for the one-process comparison.
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from utils import distributed as D
+from utils.fast import distributed as D
 
 CPT, NUM_TASK, LR, ETA = 2, 4, 0.4, 0.7
 TRAIN_N, TRAIN_BATCH, EPOCHS, SEED = 23, 8, 3, 5

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train_digits  # noqa: E402
-from utils.session import main  # noqa: E402
+from utils.run.session import main  # noqa: E402
 
 # 3 tasks of 2 digits, 4 epochs: a quarter of a second a session on one CPU thread
 SHRUNK = dict(num_class=6, num_task=3, epochs=4, schedule=[2], memory=30, device="cpu")
@@ -62,7 +62,7 @@ def kill_around_replace(name, after):
         real(src, dst)
         if os.path.basename(dst) == name:
             die()
-    os.replace = replace  # utils.checkpoint.atomic_write calls os.replace
+    os.replace = replace  # utils.files.atomic_write calls os.replace
 
 
 def arm(fault):

@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 
 import learner_task_itaml as L
-from resnet import CelebResNet18, MLP, ReducedResNet18
-from utils import distributed as D
+import utils.fast.device as DV
+from resnet import MLP, CelebResNet18, ReducedResNet18
 from utils.errors import ConfigError
+from utils.fast import distributed as D
 
 CPT, TASKS = 2, 4
 # The MS-Celeb network's maps are 1×1 from layer3 on at 16 px: there a one-sample task sees one
@@ -110,7 +111,7 @@ def test_each_tasks_first_step_is_its_own(cfg_factory):
     model = network("celeb")
     learner = L.MetaLearner(model, cfg_for(cfg_factory, True), session=2)
     x, y = batches("celeb")[0]
-    tasks, xs, ys = L.split_by_task(x, y, CPT)
+    tasks, xs, ys = DV.split_by_task(x, y, CPT)
     first = learner.batched(list(zip(tasks, xs, ys)))
     base, base_running = learner.weights.data.clone(), learner.running.data.clone()
     for i, (k, xk, yk) in enumerate(zip(tasks, xs, ys)):

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from utils.checkpoint import atomic_write, write_text
 from utils.errors import ConfigError
+from utils.files import atomic_write, write_text
 
 
 def test_written_files_follow_the_umask(tmp_path):
@@ -33,7 +33,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def store_for(tmp_path):
     from types import SimpleNamespace
-    from utils.checkpoint import RunStore
+
+    from utils.run.store import RunStore
     cfg = SimpleNamespace(checkpoint=str(tmp_path / "results"), savepoint=str(tmp_path / "models"),
                           num_task=3)
     return RunStore(cfg, "train_digits.py")
@@ -102,6 +103,7 @@ def test_a_second_run_on_the_same_folders_is_refused(tmp_path):
 def test_a_model_file_cannot_run_code(tmp_path):
     """A checkpoint that unpickles into a call (here: creating a file) is refused, never run."""
     import torch
+
     from utils.errors import ConfigError
     store = store_for(tmp_path)
     marker = tmp_path / "ran"
@@ -121,8 +123,8 @@ def test_a_model_file_cannot_run_code(tmp_path):
 
 
 def test_a_checksum_names_the_changed_file(tmp_path):
-    from utils.checkpoint import sha256
     from utils.errors import ConfigError
+    from utils.files import sha256
     store = store_for(tmp_path)
     path = store.memory_file(0)
     write_text(path, "[1, 2]")

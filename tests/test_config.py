@@ -1,13 +1,13 @@
 """Every bad ``args`` gets one sentence naming the field, before any data is read."""
-import pytest
-
 import importlib
+
+import pytest
 
 import train_digits
 from utils.config import PER_SESSION, SCHEMA, check_args, for_session, session_settings
 from utils.errors import ConfigError
-from utils.overrides import parse_command_line
-from utils.session import resolve_device, run
+from utils.run.overrides import parse_command_line
+from utils.run.session import resolve_device, run
 
 
 def shrunk(**over):

@@ -17,7 +17,7 @@ import learner_task_itaml as L
 import train_cifar
 import train_digits
 from resnet import ReducedResNet18
-from utils.session import run
+from utils.run.session import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU is visible; benchmarks/gpu_check.sh runs these "
@@ -81,7 +81,7 @@ def test_a_one_gpu_torchrun_run_finishes(tmp_path):
 
 
 def test_a_resume_on_the_gpu_continues_a_gpu_run(tmp_path):
-    from utils.session import main
+    from utils.run.session import main
     whole = tmp_path / "whole"
     main(train_digits.args, ["train_digits.py", "0"] + digits_words(whole))
     cut = tmp_path / "cut"

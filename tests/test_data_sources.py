@@ -9,6 +9,8 @@ import torch
 
 import data_sources as S
 import fake_data as F
+import utils.data.augmentation as A
+import utils.data.readers as R
 from incremental_dataloader import IncrementalData
 from utils.errors import ConfigError
 
@@ -45,7 +47,7 @@ def cifar_root(tmp_path, monkeypatch):
 def test_cifar100_classes_counts_and_tasks(cifar_root, cfg_factory, setting, stats):
     cfg = cfg_factory(dataset="cifar100", data_path=str(cifar_root), num_class=20,
                       class_per_task=10, num_task=2, memory=40, augmentation=setting)
-    src = S.load_cifar100(cfg)
+    src = R.load_cifar100(cfg)
     assert src.num_class == 100 and src.input_shape == (3, 32, 32)
     assert src.class_names[:2] == ["class_000", "class_001"] and len(src.class_names) == 100
     assert len(src.train) == 300 and len(src.test) == 200
@@ -70,7 +72,7 @@ def test_cifar100_offline_and_missing(tmp_path, cfg_factory, monkeypatch):
     with pytest.raises(ConfigError, match=r"CIFAR-100 is not in args.data_path and could not be "
                        r"downloaded \(URLError\); args.data_path = '.*none' must hold cifar-100-python/ "
                        r".*https://www.cs.toronto.edu/~kriz/cifar.html") as err:
-        S.load_cifar100(cfg)
+        R.load_cifar100(cfg)
     assert "\n" not in str(err.value)
 
 
@@ -82,7 +84,7 @@ def test_cifar100_corrupt_file(cifar_root, cfg_factory, monkeypatch):
     cfg = cfg_factory(dataset="cifar100", data_path=str(cifar_root), num_class=100,
                       class_per_task=10, num_task=10, memory=2000)
     with pytest.raises(ConfigError, match=r"CIFAR-100 is corrupt \(its checksum does not match\)"):
-        S.load_cifar100(cfg)
+        R.load_cifar100(cfg)
 
 
 # ------------------------------------------------------------------ SVHN
@@ -93,7 +95,7 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path, cfg_factory, monk
     sums, digits = F.write_svhn(str(tmp_path))
     F.point_torchvision_at_svhn(monkeypatch, sums)
     cfg = cfg_factory(dataset="svhn", data_path=str(tmp_path), augmentation=setting)
-    src = S.load_svhn(cfg)
+    src = R.load_svhn(cfg)
     assert src.num_class == 10 and src.input_shape == (3, 32, 32)
     assert src.train_labels.tolist() == digits["train"].tolist()
     assert len(src.test) == 20 and src.class_names == [str(d) for d in range(10)]
@@ -110,7 +112,7 @@ def test_svhn_missing(tmp_path, cfg_factory, monkeypatch):
     offline(monkeypatch, SVHN)
     with pytest.raises(ConfigError, match=r"SVHN is not in args.data_path .* must hold "
                        r"train_32x32.mat and test_32x32.mat \(from http://ufldl.stanford.edu"):
-        S.load_svhn(cfg_factory(dataset="svhn", data_path=str(tmp_path)))
+        R.load_svhn(cfg_factory(dataset="svhn", data_path=str(tmp_path)))
 
 
 # ------------------------------------------------------------------ ImageNet and MS-Celeb folders
@@ -133,7 +135,7 @@ def imagenet_cfg(cfg_factory, root, **over):
 
 
 def test_imagenet_class_folders(imagenet_root, cfg_factory):
-    src = S.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
+    src = R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
     assert src.class_names == WNIDS and src.num_class == 6 and src.input_shape == (3, 32, 32)
     assert len(src.train) == 18 and len(src.test) == 12
     assert np.bincount(src.test_labels).tolist() == [2] * 6
@@ -142,7 +144,7 @@ def test_imagenet_class_folders(imagenet_root, cfg_factory):
     x, _ = src.train[7]
     assert x.shape == (3, 32, 32)
     for setting, side in (("release", 112), ("corrected", 224)):  # unless args.image_size says
-        full = S.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root, image_size=None,
+        full = R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root, image_size=None,
                                             augmentation=setting))
         assert full.input_shape == (3, side, side)
 
@@ -171,13 +173,13 @@ def test_imagenet_missing_and_mismatched_folders(imagenet_root, tmp_path, cfg_fa
     with pytest.raises(ConfigError, match=r"ImageNet: .*nowhere/train is not a folder; "
                        r"args.data_path = '.*nowhere' must hold train/<class>/<image> and "
                        r"val/<class>/<image> folders \(from https://image-net.org"):
-        S.load_imagenet(imagenet_cfg(cfg_factory, tmp_path / "nowhere"))
+        R.load_imagenet(imagenet_cfg(cfg_factory, tmp_path / "nowhere"))
     for f in os.listdir(imagenet_root / "val" / WNIDS[2]):
         os.remove(imagenet_root / "val" / WNIDS[2] / f)
     os.rmdir(imagenet_root / "val" / WNIDS[2])
     with pytest.raises(ConfigError, match=r"the class folders of .*val differ from those of "
                        r".*train \(e.g. \['n01484850'\]\)"):
-        S.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
+        R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
 
 
 def test_empty_class_folder_is_named(tmp_path, cfg_factory):
@@ -187,7 +189,7 @@ def test_empty_class_folder_is_named(tmp_path, cfg_factory):
     with pytest.raises(ConfigError, match=r"MS-Celeb-10K: .*test holds no usable "
                        r"<class>/<image> folders \(.*\); args.data_path must hold train/<class>/<image> "
                        r"and test/<class>/<image> folders"):
-        S.load_celeb(cfg_factory(dataset="celeb", data_path=str(root), num_class=2,
+        R.load_celeb(cfg_factory(dataset="celeb", data_path=str(root), num_class=2,
                                  class_per_task=1, num_task=2, memory=4))
 
 
@@ -201,7 +203,7 @@ def test_celeb_folders_and_estimated_statistics(tmp_path, cfg_factory):
                 F.write_image(str(root / split / name / f"{i}.png"), rng, 20, color)
     cfg = cfg_factory(dataset="celeb", data_path=str(root), num_class=2, class_per_task=1,
                       num_task=2, memory=4, image_size=16, augmentation="corrected")
-    src = S.load_celeb(cfg)
+    src = R.load_celeb(cfg)
     assert src.class_names == ["id_a", "id_b"] and len(src.train) == 6 and len(src.test) == 2
     # half the images are one colour and half the other: per-channel mean and std in closed form
     a, b = np.array(colors["id_a"]) / 255, np.array(colors["id_b"]) / 255
@@ -224,7 +226,7 @@ def cub_cfg(cfg_factory, root, **over):
 
 def test_cub_text_layout(tmp_path, cfg_factory):
     F.write_cub(str(tmp_path))
-    src = S.load_cub(cub_cfg(cfg_factory, tmp_path))  # data_path above CUB_200_2011/ works too
+    src = R.load_cub(cub_cfg(cfg_factory, tmp_path))  # data_path above CUB_200_2011/ works too
     assert src.num_class == 6 and src.class_names[0] == "001.Bird_1"
     assert np.bincount(src.train_labels).tolist() == [3] * 6
     assert np.bincount(src.test_labels).tolist() == [2] * 6
@@ -233,7 +235,7 @@ def test_cub_text_layout(tmp_path, cfg_factory):
                                                                        "Bird_1_0003.jpg"]
     x, y = src.train[3]
     assert x.shape == (3, 32, 32) and y == 1
-    same = S.load_cub(cub_cfg(cfg_factory, tmp_path / "CUB_200_2011"))
+    same = R.load_cub(cub_cfg(cfg_factory, tmp_path / "CUB_200_2011"))
     assert same.test.samples == src.test.samples
 
 
@@ -242,22 +244,22 @@ def test_cub_missing_and_corrupt_files(tmp_path, cfg_factory):
                        r"nor its CUB_200_2011/ subfolder holds images.txt; extract CUB_200_2011.tgz "
                        r"\(from https://www.vision.caltech.edu/datasets/cub_200_2011/\) so that "
                        r"images.txt, image_class_labels.txt, train_test_split.txt and images/"):
-        S.load_cub(cub_cfg(cfg_factory, tmp_path))
+        R.load_cub(cub_cfg(cfg_factory, tmp_path))
     folder = F.write_cub(str(tmp_path))
     os.rename(os.path.join(folder, "train_test_split.txt"), os.path.join(folder, "split.bak"))
     with pytest.raises(ConfigError, match=r"CUB-200-2011: .*train_test_split.txt is missing; "
                        r"restore it from the CUB_200_2011 archive"):
-        S.load_cub(cub_cfg(cfg_factory, tmp_path))
+        R.load_cub(cub_cfg(cfg_factory, tmp_path))
     os.rename(os.path.join(folder, "split.bak"), os.path.join(folder, "train_test_split.txt"))
     with open(os.path.join(folder, "image_class_labels.txt"), "a") as f:
         f.write("31\n")
     with pytest.raises(ConfigError, match=r"line 31 of .*image_class_labels.txt is corrupt"):
-        S.load_cub(cub_cfg(cfg_factory, tmp_path))
+        R.load_cub(cub_cfg(cfg_factory, tmp_path))
     F.write_cub(str(tmp_path / "again"))
     os.remove(tmp_path / "again" / "CUB_200_2011" / "images" / "002.Bird_2" / "Bird_2_0004.jpg")
     with pytest.raises(ConfigError, match=r"1 image\(s\) listed in images.txt are missing, e.g. "
                        r".*Bird_2_0004.jpg"):
-        S.load_cub(cub_cfg(cfg_factory, tmp_path / "again"))
+        R.load_cub(cub_cfg(cfg_factory, tmp_path / "again"))
 
 
 # ------------------------------------------------------------------ MS-Celeb-1M identity folders
@@ -281,7 +283,7 @@ def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, m
     walk = list(range(5))
     random.Random(3).shuffle(walk)  # the release's generator: Python's random, seeded 3
     assert walk == [0, 2, 3, 4, 1]
-    src = S.load_celeb(celeb_cfg(cfg_factory, tmp_path))
+    src = R.load_celeb(celeb_cfg(cfg_factory, tmp_path))
     assert src.class_names == sorted(KEPT) and src.num_class == 3 and src.input_shape == (3, 16, 16)
     for label, name in enumerate(sorted(KEPT)):
         for split, want in ((src.train, files[name][:30]), (src.test, files[name][30:45])):
@@ -292,8 +294,8 @@ def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, m
     assert np.bincount(src.test_labels).tolist() == [15] * 3
     x, y = src.train[31]  # the second image of m.0c, kept second
     assert x.shape == (3, 16, 16) and y == 1
-    monkeypatch.setattr(S, "CELEB_IDENTITIES", 2)  # the walk stops once enough are kept
-    assert S.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == sorted(KEPT[:2])
+    monkeypatch.setattr(R, "CELEB_IDENTITIES", 2)  # the walk stops once enough are kept
+    assert R.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == sorted(KEPT[:2])
 
 
 def test_celeb_classes_numbered_by_name_as_strings(tmp_path, cfg_factory):
@@ -301,7 +303,7 @@ def test_celeb_classes_numbered_by_name_as_strings(tmp_path, cfg_factory):
     Sorted, the folders are 1, 10, 2, 20, 3; the walk [0, 2, 3, 4, 1] visits 1, 2, 20, 3, 10 and
     passes over 3 (45 images). Kept order, numeric order and string order all differ."""
     files = F.write_identity_folders(str(tmp_path), {"1": 46, "10": 47, "2": 48, "3": 45, "20": 46})
-    names, train, test = S.celeb_identities(str(tmp_path))
+    names, train, test = R.celeb_identities(str(tmp_path))
     assert names == ["1", "10", "2", "20"]
     for split in (train, test):
         for path, label in split:
@@ -327,7 +329,7 @@ def test_celeb_identity_folders_none_qualifies(tmp_path, cfg_factory):
                            r"put there train/<identity>/<image> and test/<identity>/<image> folders, "
                            r"or MS-Celeb-1M's aligned faces as one folder per identity \(those with at "
                            r"least 46 images are used\).$"):
-            S.load_celeb(celeb_cfg(cfg_factory, root))
+            R.load_celeb(celeb_cfg(cfg_factory, root))
 
 
 # ------------------------------------------------------------------ each pipeline, both settings
@@ -449,11 +451,11 @@ def test_each_pipeline_is_exactly_as_described(dataset, setting, size, tmp_path,
                                                cfg_factory):
     cfg, src = fake_source(dataset, tmp_path, monkeypatch, cfg_factory, augmentation=setting,
                            image_size=size)
-    side = S.image_size(cfg)
+    side = A.image_size(cfg)
     train, test = PIPELINES[dataset, setting, size]
     estimated, marker = None, ESTIMATE
     if ESTIMATE in test:  # measured on the training images
-        estimated = S.estimate_stats(src.train.samples, S.pipeline(dataset, setting, side))
+        estimated = A.estimate_stats(src.train.samples, A.pipeline(dataset, setting, side))
     if MEASURE in test:  # the reader's own; test_digits_cnn.py checks them against the images
         estimated, marker = src.tensors.stats, MEASURE
     assert describe(src.train.transform, estimated, marker) == train
@@ -467,9 +469,9 @@ def test_default_image_size_follows_the_pipeline(setting, cfg_factory):
     defaults = {"imagenet": 112 if setting == "release" else 224, "celeb": 112, "cub200": 224,
                 "cifar100": 32, "svhn": 32, "mnist": 28, "digits": 8, "digits32": 32}
     for dataset, side in defaults.items():
-        assert S.image_size(cfg_factory(dataset=dataset, augmentation=setting)) == side
+        assert A.image_size(cfg_factory(dataset=dataset, augmentation=setting)) == side
     for dataset in ("imagenet", "celeb", "cub200"):
-        assert S.image_size(cfg_factory(dataset=dataset, augmentation=setting, image_size=48)) == 48
+        assert A.image_size(cfg_factory(dataset=dataset, augmentation=setting, image_size=48)) == 48
 
 
 def test_mnist_and_digits_are_the_same_under_both_settings(tmp_path, cfg_factory):
@@ -478,11 +480,11 @@ def test_mnist_and_digits_are_the_same_under_both_settings(tmp_path, cfg_factory
                         np.uint8).reshape(-1, 1, 28, 28)
     want = (torch.from_numpy(raw.copy()).float() / 255 - 0.1307) / 0.3081
     for setting in ("release", "corrected"):
-        mnist = S.load_mnist(cfg_factory(dataset="mnist", data_path=str(tmp_path),
+        mnist = R.load_mnist(cfg_factory(dataset="mnist", data_path=str(tmp_path),
                                          augmentation=setting))
         assert mnist.train.transform is None and mnist.tensors.augment is None
         torch.testing.assert_close(mnist.train.x, want, rtol=0, atol=1e-6)
-    digits = [S.load_digits(cfg_factory(augmentation=s)) for s in ("release", "corrected")]
+    digits = [R.load_digits(cfg_factory(augmentation=s)) for s in ("release", "corrected")]
     assert torch.equal(digits[0].train.x, digits[1].train.x) and digits[0].train.transform is None
 
 
@@ -491,7 +493,7 @@ def test_release_cifar_train_transform_is_a_padded_crop_a_flip_and_a_rotation():
     normalise with the release's values."""
     from PIL import Image
     from torchvision.transforms import functional as TF
-    train, _ = S.pipeline("cifar100", "release", 32).transforms()
+    train, _ = A.pipeline("cifar100", "release", 32).transforms()
     image = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 32)[0])
     flips, angles = set(), []
     for seed in range(12):
@@ -515,5 +517,5 @@ def test_release_faces_resize_is_a_no_op_on_112_px_faces():
     from torchvision.transforms import functional as TF
     face = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 112)[0])
     assert np.asarray(T.Resize((112, 112))(face)).tobytes() == np.asarray(face).tobytes()
-    _, test = S.pipeline("celeb", "release", 112).transforms()
+    _, test = A.pipeline("celeb", "release", 112).transforms()
     assert torch.equal(test(face), TF.normalize(TF.to_tensor(face), *RELEASE_CIFAR))

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data_sources as S
 import train_digits_cnn
+import utils.data.readers as R
 from resnet import ReducedResNet18, build_network
 from utils.config import check_args
 from utils.errors import ConfigError
-from utils.manifest import check_resume, plain
-from utils.session import run
+from utils.run.manifest import check_resume, plain
+from utils.run.session import run
 
 ROUNDING = 0.5 / 255  # uint8 storage moves a [0, 1] value by at most this much
 
@@ -47,7 +47,7 @@ def blurred(x):
 @pytest.fixture(scope="module")
 def sources():
     from conftest import make_cfg
-    return S.load_digits32(make_cfg(dataset="digits32")), S.load_digits(make_cfg())
+    return R.load_digits32(make_cfg(dataset="digits32")), R.load_digits(make_cfg())
 
 
 def test_digits32_has_the_digits_split_labels_and_classes(sources):
@@ -99,7 +99,7 @@ def test_digits32_statistics_are_its_training_images(sources, cfg_factory):
     assert stats[1] == pytest.approx(tuple(std.tolist()), rel=1e-12)
     assert stats[0] == pytest.approx((0.3054,) * 3, abs=1e-4)  # seed 0's split, pinned
     assert stats[1] == pytest.approx((0.3237,) * 3, abs=1e-4)
-    corrected = S.load_digits32(cfg_factory(dataset="digits32", augmentation="corrected"))
+    corrected = R.load_digits32(cfg_factory(dataset="digits32", augmentation="corrected"))
     assert corrected.tensors.stats == stats
     x, y = big.test[3]
     m, s = (torch.tensor(v)[:, None, None] for v in stats)

@@ -1,4 +1,4 @@
-"""utils.distributed: sharding, the distributed meta-update and the gathers, on two gloo ranks.
+"""utils.fast.distributed: sharding, the distributed meta-update and the gathers, on two gloo ranks.
 
 Two ranks are spawned once for the module (tests/dist_workers.py runs every collective there) and
 joined with a deadline, so a hang fails the tests instead of blocking them. Sharding and the
@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 import dist_workers as W
-from utils import distributed as D
 from utils.errors import ConfigError
+from utils.fast import distributed as D
 
 WORLD = 2
 DEADLINE_S = 120  # generous: other test runs share the two cores

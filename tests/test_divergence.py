@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import learner_task_itaml as L
 from utils.errors import ConfigError, Diverged
-from utils.session import run
+from utils.run.session import run
 
 
 def diverging(args, lr=1e6):

@@ -1,4 +1,4 @@
-"""``python3 -m utils.evaluate``: a finished run evaluated again, reproducibly, without touching it."""
+"""``python3 -m utils.run.evaluate``: a finished run evaluated again, reproducibly, without touching it."""
 import json
 import os
 import shutil
@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from utils.errors import ConfigError
-from utils.evaluate import default_out, reevaluate
-from utils.report import pooled_report
-from utils.session import run
+from utils.report.tables import pooled_report
+from utils.run.evaluate import default_out, reevaluate
+from utils.run.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURED = ("acc_task_agnostic", "acc_per_sample", "acc_task_aware", "acc_base",
@@ -75,7 +75,7 @@ def test_an_override_writes_a_new_folder_named_by_it(digits_run):
 
 
 def test_a_killed_evaluation_resumes_and_keeps_what_it_finished(digits_run, tmp_path, monkeypatch):
-    import utils.evaluate as E
+    import utils.run.evaluate as E
     args, records = digits_run
     out = str(tmp_path / "resumed")
     real, calls = E.evaluate, []
@@ -102,7 +102,7 @@ def test_a_killed_evaluation_resumes_and_keeps_what_it_finished(digits_run, tmp_
 
 @pytest.mark.parametrize("texts,pattern", [
     (["lr=0.5"], r"^the override 'lr=0.5' changes args.lr, which the saved models were trained "
-                 r"with; utils.evaluate takes only inference fields \(continuum, adapt_lr, "),
+                 r"with; utils.run.evaluate takes only inference fields \(continuum, adapt_lr, "),
     (["adapt_lr=fast"], r"args.adapt_lr = 'fast', which is invalid; it must be a number > 0.0"),
     (["adapt_bn=sometimes"], r"it must be one of 'release', 'reestimate'"),
     (["adaptlr=1"], r"names no field of args \(did you mean 'adapt_lr'\?\)"),
@@ -120,7 +120,7 @@ def test_bad_input_is_one_sentence(digits_run, texts, pattern):
 
 def test_the_run_folder_itself_is_refused(digits_run):
     args, _ = digits_run
-    with pytest.raises(ConfigError, match="is the run's own folder, which utils.evaluate never "
+    with pytest.raises(ConfigError, match="is the run's own folder, which utils.run.evaluate never "
                                           "writes"):
         reevaluate(args.checkpoint, ["continuum=5"], args.checkpoint)
 
@@ -128,11 +128,11 @@ def test_the_run_folder_itself_is_refused(digits_run):
 def test_the_command_line(digits_run, tmp_path):
     args, records = digits_run
     out = str(tmp_path / "cli")
-    done = subprocess.run([sys.executable, "-m", "utils.evaluate", args.checkpoint, "continuum=10",
+    done = subprocess.run([sys.executable, "-m", "utils.run.evaluate", args.checkpoint, "continuum=10",
                            "--out", out], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.load(open(os.path.join(out, "session_2.json")))["continuum"] == 10
-    bad = subprocess.run([sys.executable, "-m", "utils.evaluate", args.checkpoint, "epochs=3"],
+    bad = subprocess.run([sys.executable, "-m", "utils.run.evaluate", args.checkpoint, "epochs=3"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: the override 'epochs=3' changes")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -163,7 +163,7 @@ def test_a_saved_session_evaluates_the_same_in_any_process(cnn_run, tmp_path):
     for out in outs:
         if out == outs[1]:
             shutil.copy(os.path.join(outs[0], "session_0.json"), out)
-        done = subprocess.run([sys.executable, "-m", "utils.evaluate", args.checkpoint, "--out",
+        done = subprocess.run([sys.executable, "-m", "utils.run.evaluate", args.checkpoint, "--out",
                                str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     for out in outs:

@@ -8,13 +8,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-import data_sources as S
 import fake_data as F
 import learner_task_itaml as L
+import utils.data.augmentation as A
+import utils.data.sources as SRC
+import utils.fast.device as DV
+import utils.inference as I
 from benchmarks.naive import NaiveMetaLearner, naive_evaluate
-from incremental_dataloader import IncrementalData, ReplayMemory, TensorBatches
+from incremental_dataloader import IncrementalData
 from resnet import ReducedResNet18
+from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError
+from utils.fast.gpu_data import TensorBatches
 
 CPT, TASKS = 2, 3
 
@@ -102,7 +107,7 @@ def test_optimizers_use_the_multi_tensor_implementation(cfg_factory):
 def test_split_by_task_equals_boolean_masks():
     x = torch.arange(10.0)[:, None].expand(10, 3)
     y = torch.tensor([7, 0, 5, 1, 6, 6, 0, 9, 4, 1])
-    tasks, xs, ys = L.split_by_task(x, y, 2)
+    tasks, xs, ys = DV.split_by_task(x, y, 2)
     assert tasks == [0, 2, 3, 4]
     for k, xk, yk in zip(tasks, xs, ys):
         mask = (y // 2) == k
@@ -115,19 +120,19 @@ def test_training_moves_the_model_to_channels_last(cfg_factory):
     conv = model.features.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     cfg = cfg_factory(channels_last=True)
-    assert L.to_input(torch.randn(2, 3, 8, 8), cfg, "cpu").is_contiguous(
+    assert DV.to_input(torch.randn(2, 3, 8, 8), cfg, "cpu").is_contiguous(
         memory_format=torch.channels_last)
-    assert L.to_input(torch.randn(2, 5), cfg, "cpu").is_contiguous()  # only image batches change
+    assert DV.to_input(torch.randn(2, 5), cfg, "cpu").is_contiguous()  # only image batches change
 
 
 def test_amp_autocasts_to_bfloat16(cfg_factory):
     cfg = cfg_factory()
     cfg.amp = True  # the GPU check is in check_args; the helper itself works on any device
     layer = nn.Linear(3, 2)
-    with L.autocast(cfg, "cpu"):
+    with DV.autocast(cfg, "cpu"):
         assert layer(torch.randn(4, 3)).dtype == torch.bfloat16
     cfg.amp = False
-    with L.autocast(cfg, "cpu"):
+    with DV.autocast(cfg, "cpu"):
         assert layer(torch.randn(4, 3)).dtype == torch.float32
 
 
@@ -157,9 +162,9 @@ def eval_setup(cfg_factory, adapt_epochs=1):
     g = torch.Generator().manual_seed(3)
     train_labels = np.repeat(np.arange(CPT * TASKS), 4)
     test_labels = np.repeat(np.arange(CPT * TASKS), 6)
-    train = S.TensorData(torch.randn(len(train_labels), 3, 8, 8, generator=g), train_labels)
-    test = S.TensorData(torch.randn(len(test_labels), 3, 8, 8, generator=g), test_labels)
-    source = S.Source(train, train, test, train.labels, test.labels, CPT * TASKS, (3, 8, 8))
+    train = SRC.TensorData(torch.randn(len(train_labels), 3, 8, 8, generator=g), train_labels)
+    test = SRC.TensorData(torch.randn(len(test_labels), 3, 8, 8, generator=g), test_labels)
+    source = SRC.Source(train, train, test, train.labels, test.labels, CPT * TASKS, (3, 8, 8))
     data = IncrementalData(cfg, source=source)
     memory = ReplayMemory(cfg.memory, "random", 0)
     memory.update(data, list(range(CPT * TASKS)), TASKS - 1)
@@ -170,10 +175,10 @@ def eval_setup(cfg_factory, adapt_epochs=1):
 @pytest.mark.parametrize("session", [0, 2])
 def test_evaluate_equals_classifying_every_routed_sample(cfg_factory, session):
     cfg, data, memory, model = eval_setup(cfg_factory)
-    got = L.evaluate(model, data, memory, session, cfg, "cpu", seed=5)
+    got = I.evaluate(model, data, memory, session, cfg, "cpu", seed=5)
     want = naive_evaluate(model, data, memory, session, cfg, "cpu", seed=5)
     assert got["per_task"] == want["per_task"]
-    for name in L.PROTOCOLS:
+    for name in I.PROTOCOLS:
         assert got[f"acc_{name}"] == want[f"acc_{name}"]
     if session:  # the case the shortcut is for: some samples are routed to other tasks
         assert got["task_prediction_acc_per_sample"] < 100.0
@@ -182,17 +187,17 @@ def test_evaluate_equals_classifying_every_routed_sample(cfg_factory, session):
 def test_evaluate_forwards_each_sample_once_besides_the_base(cfg_factory, monkeypatch):
     cfg, data, memory, model = eval_setup(cfg_factory)
     forwarded = []
-    real = L.predict_logits
+    real = I.predict_logits
 
     def count(model_, loader, device, cfg_=None):
         logits, labels = real(model_, loader, device, cfg_)
         forwarded.append(len(labels))
         return logits, labels
-    monkeypatch.setattr(L, "predict_logits", count)
-    L.evaluate(model, data, memory, 2, cfg, "cpu")
+    monkeypatch.setattr(I, "predict_logits", count)
+    I.evaluate(model, data, memory, 2, cfg, "cpu")
     assert forwarded == [36, 12, 12, 12]  # the base pass, then each task's own test samples
     forwarded.clear()
-    L.evaluate(model, data, memory, 0, cfg, "cpu")
+    I.evaluate(model, data, memory, 0, cfg, "cpu")
     assert forwarded == [12]  # session 0: the base logits classify
 
 
@@ -267,7 +272,7 @@ def test_test_batches_equal_the_torchvision_transforms(dataset, setting, tmp_pat
     torch.testing.assert_close(x, want, rtol=0, atol=1e-5)
     assert y.tolist() == [data.test_set[i][1] for i in indices] and y.device.type == "cpu"
     # one description of the augmentation feeds the torchvision transforms and the batches
-    assert data.on_device[id(data.train_set)][2] is S.IN_MEMORY_AUGMENT[setting][dataset]
+    assert data.on_device[id(data.train_set)][2] is A.IN_MEMORY_AUGMENT[setting][dataset]
 
 
 def test_corrected_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(tmp_path, monkeypatch,
@@ -277,8 +282,8 @@ def test_corrected_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(tmp_path
     indices = cifar.task_indices(0)
     loader = cifar.loader(cifar.train_set, indices, 8, shuffle=True, seed=3)
     plain = {i: cifar.train_plain[i][0] for i in indices}
-    pad = (torch.zeros(3, 1, 1) - torch.tensor(S.CIFAR100_STATS[0])[:, None, None]) \
-        / torch.tensor(S.CIFAR100_STATS[1])[:, None, None]  # zero pixels, normalised
+    pad = (torch.zeros(3, 1, 1) - torch.tensor(A.CIFAR100_STATS[0])[:, None, None]) \
+        / torch.tensor(A.CIFAR100_STATS[1])[:, None, None]  # zero pixels, normalised
     order = []
     for x, y in loader:
         for image, label in zip(x, y):
@@ -361,10 +366,10 @@ def fitted_motion(image, side=32):
 @pytest.mark.parametrize("setting, dataset", sorted(IN_MEMORY))
 def test_augment_batch_draws_each_pipelines_crop_flip_and_rotation(setting, dataset):
     padding, flips, degrees = IN_MEMORY[setting, dataset]
-    augment = S.IN_MEMORY_AUGMENT[setting][dataset]
+    augment = A.IN_MEMORY_AUGMENT[setting][dataset]
     images = coded_images(64)
-    out = S.augment_batch(images, augment, torch.Generator().manual_seed(0))
-    assert torch.equal(out, S.augment_batch(images, augment, torch.Generator().manual_seed(0)))
+    out = A.augment_batch(images, augment, torch.Generator().manual_seed(0))
+    assert torch.equal(out, A.augment_batch(images, augment, torch.Generator().manual_seed(0)))
     # nearest neighbour: every pixel is one of the image's own (whole codes, its own number) or zero
     codes = out * torch.tensor([64.0, 64.0, 128.0])[:, None, None]
     whole = ((codes - codes.round()).abs() < 1e-4).all(1) & (codes[:, :2] >= 1).all(1) \
@@ -394,5 +399,5 @@ def test_a_session_trains_and_evaluates_on_held_tensors(cifar):
     for t in (0, 1):
         loss = L.MetaLearner(model, cfg, t).train_session(cifar.train_loader(t, memory, t))
         memory.update(cifar, cifar.task_classes(t), t, model)
-        results = L.evaluate(model, cifar, memory, t, cfg, "cpu")
+        results = I.evaluate(model, cifar, memory, t, cfg, "cpu")
         assert np.isfinite(loss) and results["num_test_samples"] == 20 * (t + 1)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from fault_runner import SHRUNK, shrunk_args
-from utils.checkpoint import TEMPORARY
+from utils.files import TEMPORARY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "fault_runner.py")

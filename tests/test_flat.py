@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import learner_task_itaml as L
 from resnet import ReducedResNet18
-from utils.flat import FlatBuffer
+from utils.fast.flat import FlatBuffer
 
 
 def small_net():

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import data_sources as S
-from fake_data import write_fake_mnist
 import incremental_dataloader as D
+import utils.data.memory as MEM
+import utils.data.readers as R
+import utils.data.sources as SRC
+from fake_data import write_fake_mnist
 from utils.errors import ConfigError
 
 
@@ -15,9 +17,9 @@ def synthetic_source(num_class=6, per_class=10, test_per_class=4):
     g = torch.Generator().manual_seed(0)
     labels = np.repeat(np.arange(num_class), per_class)
     test_labels = np.repeat(np.arange(num_class), test_per_class)
-    train = S.TensorData(torch.randn(len(labels), 3, generator=g), labels)
-    test = S.TensorData(torch.randn(len(test_labels), 3, generator=g), test_labels)
-    return S.Source(train, train, test, train.labels, test.labels, num_class, (3,))
+    train = SRC.TensorData(torch.randn(len(labels), 3, generator=g), labels)
+    test = SRC.TensorData(torch.randn(len(test_labels), 3, generator=g), test_labels)
+    return SRC.Source(train, train, test, train.labels, test.labels, num_class, (3,))
 
 
 # ------------------------------------------------------------------ data sets
@@ -30,7 +32,7 @@ def test_mnist_loads_through_torchvision(tmp_path, cfg_factory):
     x, y = data.train_set[4]
     assert x.shape == (1, 28, 28) and y == 1
     pixel = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8)[4 * 784]
-    assert x[0, 0, 0].item() == pytest.approx((pixel / 255 - S.MNIST_MEAN) / S.MNIST_STD, abs=1e-5)
+    assert x[0, 0, 0].item() == pytest.approx((pixel / 255 - R.MNIST_MEAN) / R.MNIST_STD, abs=1e-5)
     assert data.input_shape == (1, 28, 28)
 
 
@@ -54,9 +56,9 @@ def test_mnist_corrupt_file_is_reported(tmp_path, cfg_factory):
 
 
 def test_digits_split_is_stratified_and_seeded(cfg_factory):
-    a = S.load_digits(cfg_factory(seed=0))
-    b = S.load_digits(cfg_factory(seed=0))
-    c = S.load_digits(cfg_factory(seed=1))
+    a = R.load_digits(cfg_factory(seed=0))
+    b = R.load_digits(cfg_factory(seed=0))
+    c = R.load_digits(cfg_factory(seed=1))
     assert len(a.train_labels) + len(a.test_labels) == 1797
     assert len(a.test_labels) == 360
     for cls in range(10):
@@ -112,7 +114,7 @@ def test_given_class_order_is_used(cfg_factory):
 def test_train_loader_is_new_task_plus_memory(cfg_factory):
     cfg = cfg_factory(num_class=6, class_per_task=2, num_task=3, train_batch=7)
     data = D.IncrementalData(cfg, source=synthetic_source())
-    memory = D.ReplayMemory(6, seed=0)
+    memory = MEM.ReplayMemory(6, seed=0)
     memory.update(data, [0, 1, 2, 3], session=1)
     labels = torch.cat([y for _, y in data.train_loader(2, memory, seed=0)]).numpy()
     assert len(labels) == 20 + 4
@@ -126,7 +128,7 @@ def test_train_loader_is_new_task_plus_memory(cfg_factory):
 def test_memory_budget_split_equally_and_shrinks_by_prefix(cfg_factory):
     cfg = cfg_factory(num_class=6, class_per_task=2, num_task=3)
     data = D.IncrementalData(cfg, source=synthetic_source(per_class=10))
-    memory = D.ReplayMemory(12, "random", seed=1)
+    memory = MEM.ReplayMemory(12, "random", seed=1)
     history = []
     for t in range(3):
         memory.update(data, data.task_classes(t), session=t)
@@ -144,7 +146,7 @@ def test_memory_budget_split_equally_and_shrinks_by_prefix(cfg_factory):
 def test_memory_quota_larger_than_a_class_takes_the_whole_class(cfg_factory):
     cfg = cfg_factory(num_class=6, class_per_task=2, num_task=3)
     data = D.IncrementalData(cfg, source=synthetic_source(per_class=10))
-    memory = D.ReplayMemory(100)
+    memory = MEM.ReplayMemory(100)
     memory.update(data, [0, 1], session=0)
     assert len(memory) == 20
 
@@ -154,7 +156,7 @@ def test_memory_random_selection_is_seeded(cfg_factory):
     data = D.IncrementalData(cfg, source=synthetic_source(per_class=10))
     picks = []
     for seed in (0, 0, 1):
-        memory = D.ReplayMemory(6, seed=seed)
+        memory = MEM.ReplayMemory(6, seed=seed)
         memory.update(data, [0, 1], session=0)
         picks.append(memory.indices().tolist())
     assert picks[0] == picks[1] != picks[2]
@@ -163,7 +165,7 @@ def test_memory_random_selection_is_seeded(cfg_factory):
 def test_memory_first_selection_is_the_releases_data_set_order(cfg_factory):
     cfg = cfg_factory(num_class=6, class_per_task=2, num_task=3)
     data = D.IncrementalData(cfg, source=synthetic_source(per_class=10))
-    memory = D.ReplayMemory(8, "first")
+    memory = MEM.ReplayMemory(8, "first")
     memory.update(data, [0, 1], session=0)
     assert memory.exemplars[0].tolist() == [0, 1, 2, 3]
     assert memory.exemplars[1].tolist() == [10, 11, 12, 13]
@@ -172,22 +174,22 @@ def test_memory_first_selection_is_the_releases_data_set_order(cfg_factory):
 
 
 def test_memory_state_round_trip():
-    memory = D.ReplayMemory(10, "herding", seed=4)
+    memory = MEM.ReplayMemory(10, "herding", seed=4)
     memory.exemplars = {0: np.array([3, 1]), 1: np.array([7])}
-    again = D.ReplayMemory.from_state(memory.state_dict())
+    again = MEM.ReplayMemory.from_state(memory.state_dict())
     assert again.size == 10 and again.selection == "herding" and again.seed == 4
     assert {c: v.tolist() for c, v in again.exemplars.items()} == {0: [3, 1], 1: [7]}
 
 
 def test_herding_tracks_the_class_mean():
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
-    order = D.herding(feats, 3).tolist()
+    order = MEM.herding(feats, 3).tolist()
     # mean = (0.6, 0.6): the nearest sample comes first; then the one that pulls the running mean
     # back towards it; no sample twice.
     assert order[0] in (2, 3)
     assert order[1] == ({2, 3} - {order[0]}).pop()
     assert len(set(order)) == 3
-    assert D.herding(feats, 10).tolist() == D.herding(feats, 4).tolist()
+    assert MEM.herding(feats, 10).tolist() == MEM.herding(feats, 4).tolist()
 
 
 def test_herding_selection_uses_model_features(cfg_factory):
@@ -197,10 +199,10 @@ def test_herding_selection_uses_model_features(cfg_factory):
     class Features(torch.nn.Module):
         def features(self, x):
             return x
-    memory = D.ReplayMemory(4, "herding")
+    memory = MEM.ReplayMemory(4, "herding")
     memory.update(data, [0, 1], session=0, model=Features())
     for c in (0, 1):
         idx = data.class_indices(c)
         feats = torch.stack([data.train_plain[i][0] for i in idx])
         feats = feats / feats.norm(dim=1, keepdim=True)
-        assert memory.exemplars[c].tolist() == idx[D.herding(feats, 2)].tolist()
+        assert memory.exemplars[c].tolist() == idx[MEM.herding(feats, 2)].tolist()

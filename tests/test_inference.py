@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import learner_task_itaml as L
-from data_sources import Source, TensorData
-from incremental_dataloader import IncrementalData, ReplayMemory
+import utils.inference as I
+from incremental_dataloader import IncrementalData
+from utils.data.memory import ReplayMemory
+from utils.data.sources import Source, TensorData
 
 # Logits = inputs (identity head). 2 tasks × 2 classes; each task's 4 samples form one continuum.
 LOGITS = [
@@ -41,7 +42,7 @@ def setup(cfg_factory, adapt_epochs=0):
 
 def test_each_protocol_on_controlled_logits(cfg_factory):
     cfg, data, memory = setup(cfg_factory)
-    res = L.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    res = I.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=0)
     # Worked by hand: the continuum fixes task 0's sample 2 but sends all of task 1 to task 0.
     assert res["acc_task_agnostic"] == pytest.approx(50.0)
     assert res["acc_per_sample"] == pytest.approx(62.5)
@@ -56,8 +57,8 @@ def test_each_protocol_on_controlled_logits(cfg_factory):
 
 def test_session0_sees_only_task0_and_never_adapts(cfg_factory, monkeypatch):
     cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
-    monkeypatch.setattr(L, "adapt", lambda *a, **k: pytest.fail("adapted at session 0"))
-    res = L.evaluate(Echo(), data, memory, 0, cfg, "cpu")
+    monkeypatch.setattr(I, "adapt", lambda *a, **k: pytest.fail("adapted at session 0"))
+    res = I.evaluate(Echo(), data, memory, 0, cfg, "cpu")
     assert res["num_test_samples"] == 4
     assert res["acc_task_agnostic"] == pytest.approx(100.0)  # one task: argmax within task 0 only
     # Sample 2's largest logit is in class 2, not seen yet: the base argmax ignores it.
@@ -67,20 +68,20 @@ def test_session0_sees_only_task0_and_never_adapts(cfg_factory, monkeypatch):
 def test_adapts_once_per_task_on_that_tasks_exemplars(cfg_factory, monkeypatch):
     cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
     calls = []
-    real = L.adapt
+    real = I.adapt
 
     def spy(model, data_, memory_, k, cfg_, device, seed):
         calls.append(k)
         return real(model, data_, memory_, k, cfg_, device, seed)
-    monkeypatch.setattr(L, "adapt", spy)
-    L.evaluate(Echo(), data, memory, 1, cfg, "cpu")
+    monkeypatch.setattr(I, "adapt", spy)
+    I.evaluate(Echo(), data, memory, 1, cfg, "cpu")
     assert sorted(calls) == [0, 1]
 
 
 def test_adapt_moves_only_the_task_slice_and_leaves_the_base(cfg_factory):
     cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
     base = Echo()
-    adapted = L.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
+    adapted = I.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
     assert torch.equal(base.head.weight, torch.eye(4))  # a copy was adapted
     assert torch.equal(adapted.head.weight[:2], torch.eye(4)[:2])  # task 0's rows: no gradient
     assert not torch.equal(adapted.head.weight[2:], torch.eye(4)[2:])
@@ -91,19 +92,19 @@ def test_adapt_survives_a_last_batch_of_one_sample_with_batchnorm(cfg_factory):
     cfg.adapt_batch = 3  # batches of 3 and 1
     model = Echo()
     model.features = nn.BatchNorm1d(4)
-    adapted = L.adapt(model, data, memory, 1, cfg, "cpu", seed=0)
+    adapted = I.adapt(model, data, memory, 1, cfg, "cpu", seed=0)
     assert adapted.training and adapted.features.training
     assert adapted.features.num_batches_tracked.item() == 1  # the batch of one left them alone
 
 
 def test_task_scores_take_the_max_of_each_slice():
-    s = L.task_scores(torch.tensor([[1.0, 5.0, -2.0, 0.5, 9.0, 9.0]]), 2, 2)
+    s = I.task_scores(torch.tensor([[1.0, 5.0, -2.0, 0.5, 9.0, 9.0]]), 2, 2)
     assert s.tolist() == [[5.0, 0.5]]  # the third task's slice is not seen yet
 
 
 def test_continua_hold_one_task_and_at_most_p_samples():
     true_task = torch.tensor([0, 1, 0, 0, 1, 0, 1, 0])  # task 0: 5 samples, task 1: 3
-    ids = L.continuum_ids(true_task, 2, torch.Generator().manual_seed(0))
+    ids = I.continuum_ids(true_task, 2, torch.Generator().manual_seed(0))
     groups = {}
     for i, c in enumerate(ids.tolist()):
         groups.setdefault(c, []).append(i)
@@ -116,22 +117,22 @@ def test_continua_hold_one_task_and_at_most_p_samples():
 
 def test_continuum_shuffle_is_seeded():
     true_task = torch.zeros(40, dtype=torch.long)
-    a = L.continuum_ids(true_task, 5, torch.Generator().manual_seed(1))
-    b = L.continuum_ids(true_task, 5, torch.Generator().manual_seed(1))
-    c = L.continuum_ids(true_task, 5, torch.Generator().manual_seed(2))
+    a = I.continuum_ids(true_task, 5, torch.Generator().manual_seed(1))
+    b = I.continuum_ids(true_task, 5, torch.Generator().manual_seed(1))
+    c = I.continuum_ids(true_task, 5, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_predict_tasks_averages_over_the_continuum():
     scores = torch.tensor([[5.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 3.0]])
     continuum = torch.tensor([0, 0, 0, 1])
-    assert L.predict_tasks(scores, continuum).tolist() == [0, 0, 0, 1]
-    assert L.predict_tasks(scores, torch.arange(4)).tolist() == [0, 1, 1, 1]
+    assert I.predict_tasks(scores, continuum).tolist() == [0, 0, 0, 1]
+    assert I.predict_tasks(scores, torch.arange(4)).tolist() == [0, 1, 1, 1]
 
 
 def test_accuracy_in_percent():
-    assert L.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 75.0
-    assert np.isnan(L.accuracy(torch.tensor([]), torch.tensor([])))
+    assert I.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 75.0
+    assert np.isnan(I.accuracy(torch.tensor([]), torch.tensor([])))
 
 
 # ---------------------------------------------------------------- mutations a reviewer would try
@@ -161,7 +162,7 @@ def test_single_update_trains_on_the_tasks_exemplars_from_the_training_set_with_
     memory = ReplayMemory(4)  # one exemplar a class
     memory.update(data, [0, 1, 2, 3], session=1)
     Recorder.seen = []
-    L.adapt(Recorder(), data, memory, 1, cfg, "cpu", seed=0)
+    I.adapt(Recorder(), data, memory, 1, cfg, "cpu", seed=0)
     got = sorted(map(tuple, torch.cat(Recorder.seen).tolist()))
     want = sorted(tuple((train_x[i] + 100.0).tolist()) for i in memory.indices([2, 3]))
     assert got == want and len(want) == 2
@@ -182,7 +183,7 @@ def test_task_of_a_continuum_is_the_mean_of_each_samples_slice_maximum(cfg_facto
                                               samples.labels, 4, (4,)))
     memory = ReplayMemory(8)
     memory.update(data, [0, 1, 2, 3], session=1)
-    res = L.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    res = I.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=0)
     assert res["task_prediction_acc"] == 100.0 and res["acc_task_agnostic"] == 100.0
     assert res["task_prediction_acc_per_sample"] == 87.5  # sample 0 alone looks like task 1
 
@@ -193,7 +194,7 @@ def test_single_update_uses_adapt_lr_not_lr(cfg_factory):
     cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
     cfg.lr, cfg.adapt_lr, cfg.adapt_batch = 0.5, 1e-3, 8  # one batch: task 1's 4 exemplars
     base = Echo()
-    adapted = L.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
+    adapted = I.adapt(base, data, memory, 1, cfg, "cpu", seed=0)
     moved = (adapted.head.weight - base.head.weight).abs()
     assert moved.max().item() == pytest.approx(1e-3, rel=1e-3)
 
@@ -210,7 +211,7 @@ def evaluate_on(cfg_factory, logits, labels, continuum, seed=0):
                                               samples.labels, 4, (4,)))
     memory = ReplayMemory(len(labels))
     memory.update(data, [0, 1, 2, 3], session=1)
-    return L.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=seed)
+    return I.evaluate(Echo(), data, memory, 1, cfg, "cpu", seed=seed)
 
 
 # Task 0: all four samples point to task 0 (slice maximum 2 against 0), but sample 3 (label 1) is
@@ -265,7 +266,7 @@ def test_by_continuum_reproduces_the_main_and_per_sample_protocols_exactly(cfg_f
 
 
 def test_the_table_lists_the_accuracy_by_continuum_size(cfg_factory):
-    from utils.records import format_table
+    from utils.report.records import format_table
     res = evaluate_on(cfg_factory, SIZED_LOGITS, SIZED_LABELS, continuum=4)
     record = {"session": 1, "seen_classes": 4, "continuum": 4, "seconds": 1.0, **res}
     lines = format_table(record).splitlines()
@@ -304,13 +305,13 @@ def test_the_single_update_draws_only_from_its_seed(cfg_factory):
     results = []
     for global_seed in (0, 1):
         torch.manual_seed(global_seed)
-        results.append(state(L.adapt(model, data, memory, 1, cfg, "cpu", seed=7)))
+        results.append(state(I.adapt(model, data, memory, 1, cfg, "cpu", seed=7)))
         follows = torch.rand(1)
         torch.manual_seed(global_seed)
         assert torch.equal(follows, torch.rand(1))  # the update left the global generator alone
     for key in results[0]:
         assert torch.equal(results[0][key], results[1][key]), key
-    other = state(L.adapt(model, data, memory, 1, cfg, "cpu", seed=8))
+    other = state(I.adapt(model, data, memory, 1, cfg, "cpu", seed=8))
     assert not torch.equal(other["features.running_mean"], results[0]["features.running_mean"])
 
 
@@ -320,9 +321,9 @@ def test_reestimate_measures_batchnorm_on_the_plain_exemplars(cfg_factory):
     gives no statistics to a layer of one value a channel), the weights the update's; "release"
     keeps what the update's train-mode passes left."""
     cfg, data, memory, model = noisy_setup(cfg_factory, adapt_bn="reestimate")
-    released = L.adapt(model, data, memory, 1, cfg_factory(**{**vars(cfg), "adapt_bn": "release"}),
+    released = I.adapt(model, data, memory, 1, cfg_factory(**{**vars(cfg), "adapt_bn": "release"}),
                        "cpu", seed=7)
-    adapted = L.adapt(model, data, memory, 1, cfg, "cpu", seed=7)
+    adapted = I.adapt(model, data, memory, 1, cfg, "cpu", seed=7)
     assert torch.equal(adapted.head.weight, released.head.weight)  # the same update
     indices = memory.indices([2, 3])
     plain = torch.stack([data.train_plain[i][0] for i in indices])
@@ -340,7 +341,7 @@ def test_reestimate_measures_batchnorm_on_the_plain_exemplars(cfg_factory):
 def test_reestimate_leaves_a_network_without_batchnorm_alone(cfg_factory):
     cfg, data, memory = setup(cfg_factory, adapt_epochs=1)
     cfg.adapt_bn = "reestimate"
-    a = L.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    a = I.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
     cfg.adapt_bn = "release"
-    b = L.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
+    b = I.adapt(Echo(), data, memory, 1, cfg, "cpu", seed=0)
     assert torch.equal(a.head.weight, b.head.weight)

@@ -9,8 +9,8 @@ import pytest
 
 from utils.config import SCHEMA, check_args
 from utils.errors import ConfigError
-from utils.manifest import UNSAFE, check_resume, git_state, plain
-from utils.session import run
+from utils.run.manifest import UNSAFE, check_resume, git_state, plain
+from utils.run.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +192,7 @@ def test_a_corrupt_manifest_is_named(resumable, content, problem):
 
 
 def test_resuming_on_another_setup_warns(resumable, monkeypatch):
-    import utils.manifest as M
+    import utils.run.manifest as M
     real = M.versions
     monkeypatch.setattr(M, "versions", lambda: {**real(), "torch": "0.0"})
     run(resumable, 1, "train_digits.py")

@@ -7,10 +7,10 @@ import sys
 import pytest
 
 import train_digits
-from utils import overrides
 from utils.config import check_args
 from utils.errors import ConfigError
-from utils.session import main
+from utils.run import overrides
+from utils.run.session import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

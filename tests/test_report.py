@@ -8,8 +8,11 @@ import sys
 import pandas as pd
 import pytest
 
-from utils import metrics, plots, report
 from utils.errors import ConfigError
+from utils.report import metrics, plots
+from utils.report import runs as report_runs
+from utils.report import tables
+from utils.report.__main__ import main as report_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +39,7 @@ def write_run(folder, sessions=3, dataset="digits", num_class=6, class_per_task=
 
 
 def test_accuracy_matrix_and_metrics_known_answers(tmp_path):
-    records = report.load_run(write_run(str(tmp_path / "run")))
+    records = report_runs.load_run(write_run(str(tmp_path / "run")))
     a = metrics.accuracy_matrix(records, "task_agnostic")
     assert list(a.columns) == ["T0", "T1", "T2"]
     assert a.iloc[2].tolist() == [60.0, 75.0, 50.0] and a.iloc[1, 1] == 70.0
@@ -56,14 +59,14 @@ def test_accuracy_matrix_and_metrics_known_answers(tmp_path):
 
 
 def test_one_session_has_no_forgetting(tmp_path):
-    records = report.load_run(write_run(str(tmp_path / "run"), sessions=1))
+    records = report_runs.load_run(write_run(str(tmp_path / "run"), sessions=1))
     m = metrics.protocol_metrics(records, "task_agnostic")
     assert m["final_acc"] == 90.0 and m["avg_incremental_acc"] == 90.0
     assert math.isnan(m["avg_forgetting"]) and math.isnan(m["bwt"])
 
 
 def test_run_metrics_table(tmp_path):
-    table = metrics.run_metrics(report.load_run(write_run(str(tmp_path / "run"))))
+    table = metrics.run_metrics(report_runs.load_run(write_run(str(tmp_path / "run"))))
     assert table.protocol.tolist() == ["task_agnostic", "per_sample", "task_aware", "base"]
     row = table.set_index("protocol").loc["per_sample"]
     assert row.sessions == 3 and row.final_acc == 30.0
@@ -92,13 +95,13 @@ def test_cli_on_two_runs_writes_csv_markdown_and_png(tmp_path):
 
 def test_single_run_report_goes_into_its_folder(tmp_path):
     run = write_run(str(tmp_path / "run"))
-    report.main([run])
+    report_main([run])
     assert sorted(f for f in os.listdir(run) if f.startswith(("report", "accuracy"))) == [
         "accuracy.png", "report.csv", "report.md"]
 
 
 def test_paper_curve_is_overlaid_for_a_known_setting(tmp_path):
-    records = report.load_run(write_run(str(tmp_path / "c"), dataset="cifar100", num_class=100,
+    records = report_runs.load_run(write_run(str(tmp_path / "c"), dataset="cifar100", num_class=100,
                                         class_per_task=10))
     curve = plots.paper_curve(records)
     assert curve["accuracy"][-1] == 77.8 and len(curve["accuracy"]) == 10
@@ -106,9 +109,9 @@ def test_paper_curve_is_overlaid_for_a_known_setting(tmp_path):
     paper = [line for line in lines if line.get_label().startswith("iTAML, the paper")]
     assert len(paper) == 1 and list(paper[0].get_xdata()) == list(range(10, 101, 10))
     assert len(lines) == 5  # four protocols and the paper
-    md = report.markdown([("c", records)], report.report_table([("c", records)]))
+    md = tables.markdown([("c", records)], tables.report_table([("c", records)]))
     assert f"| 10 | 77.80 | {sum(curve['accuracy']) / 10:.2f} |" in md
-    digits = report.load_run(write_run(str(tmp_path / "d")))
+    digits = report_runs.load_run(write_run(str(tmp_path / "d")))
     assert plots.paper_curve(digits) is None
     assert len(plots.figure([("d", digits)], "d").axes[0].get_lines()) == 4
 
@@ -132,7 +135,7 @@ def test_clear_errors(tmp_path, setup, pattern):
     folder = str(tmp_path / "run")
     setup(folder)
     with pytest.raises(ConfigError, match=pattern):
-        report.load_run(folder)
+        report_runs.load_run(folder)
 
 
 def test_cli_error_is_one_line(tmp_path):

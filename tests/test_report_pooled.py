@@ -9,10 +9,13 @@ import warnings
 import pandas as pd
 import pytest
 from PIL import Image
-
 from tests.test_report import TABLES, write_run
-from utils import metrics, plots, report
+
 from utils.errors import ConfigError
+from utils.report import metrics, plots
+from utils.report import runs as report_runs
+from utils.report import tables
+from utils.report.__main__ import main as report_main
 
 T_975_2 = 4.302653  # Student's t quantile 0.975 with 2 degrees of freedom, from a table
 SIZES = [1, 2, 5, 10, 20, 50]
@@ -68,7 +71,7 @@ def test_spread_known_answers():
 def test_pooled_numbers_labels_and_csv(tmp_path):
     a, b = two_settings(tmp_path)
     out = tmp_path / "out"
-    table = report.pooled_report(a + b, str(out))
+    table = tables.pooled_report(a + b, str(out))
     assert list(dict.fromkeys(table.group)) == ["lr=0.1", "lr=0.01"]
     top = row(table, "lr=0.1")
     assert (top.n, top.seeds, top.sessions) == (3, "0 1 2", 3)
@@ -99,12 +102,12 @@ def test_grouping_ignores_seed_and_where_a_run_ran(tmp_path):
     runs = [write_seed(str(tmp_path / "x_s0"), 0),
             write_seed(str(tmp_path / "x_s1"), 1, savepoint="elsewhere", data_path="/d",
                        device="cuda:1", num_workers=8)]
-    groups = report.group_runs(report.load_runs(runs))
+    groups = report_runs.group_runs(report_runs.load_runs(runs))
     assert len(groups) == 1 and len(groups[0].runs) == 2
     assert groups[0].label == str(tmp_path / "x_s")  # nothing differs: the folders' common part
     same_seeds_other_lr = runs + [write_seed(str(tmp_path / "y_s0"), 0, lr=0.5),
                                   write_seed(str(tmp_path / "y_s1"), 1, lr=0.5)]
-    groups = report.group_runs(report.load_runs(same_seeds_other_lr))
+    groups = report_runs.group_runs(report_runs.load_runs(same_seeds_other_lr))
     assert [(g.label, len(g.runs)) for g in groups] == [("lr=0.1", 2), ("lr=0.5", 2)]
     assert groups[1].differing == {"lr": 0.5}
 
@@ -115,7 +118,7 @@ def test_one_change_at_a_time_is_labelled_by_its_change(tmp_path):
     runs = [write_seed(str(tmp_path / f"b{s}"), s, **base) for s in range(2)]
     runs += [write_seed(str(tmp_path / f"r{s}"), s, **{**base, "r": 2}) for s in range(2)]
     runs += [write_seed(str(tmp_path / f"e{s}"), s, **{**base, "beta": 1.0}) for s in range(2)]
-    labels = [g.label for g in report.group_runs(report.load_runs(runs))]
+    labels = [g.label for g in report_runs.group_runs(report_runs.load_runs(runs))]
     assert labels == ["r=1, beta=0.5", "r=2", "beta=1.0"]
 
 
@@ -127,18 +130,18 @@ def test_label_names_the_variant_not_its_switches(tmp_path):
     # a switch set against its variant is named
     runs += [write_seed(str(tmp_path / f"q{s}"), s, **{**paper, "task_start": "previous"})
              for s in range(2)]
-    labels = [g.label for g in report.group_runs(report.load_runs(runs))]
+    labels = [g.label for g in report_runs.group_runs(report_runs.load_runs(runs))]
     # each group by where it departs from the usual setting; the usual one names every field
     assert labels == ["variant=paper, task_start=base, r=1", "variant=official, r=2",
                       "task_start=previous"]
-    two = [g.label for g in report.group_runs(report.load_runs(runs[:4]))]
+    two = [g.label for g in report_runs.group_runs(report_runs.load_runs(runs[:4]))]
     assert two == ["variant=paper, r=1", "variant=official, r=2"]
 
 
 def test_group_of_one_among_pooled_groups(tmp_path):
     a, b = two_settings(tmp_path)
     out = tmp_path / "out"
-    table = report.pooled_report(a + b[:1], str(out))
+    table = tables.pooled_report(a + b[:1], str(out))
     one = row(table, "lr=0.01")
     assert one.n == 1 and one.final_acc_mean == 51.0 and one.seeds == "0"
     assert math.isnan(one.final_acc_sd) and math.isnan(one.final_acc_ci95_halfwidth)
@@ -147,9 +150,9 @@ def test_group_of_one_among_pooled_groups(tmp_path):
 
 def test_single_runs_are_reported_as_today(tmp_path):
     runs = [write_seed(str(tmp_path / "a"), 0), write_seed(str(tmp_path / "b"), 0, lr=0.5)]
-    table = report.pooled_report(runs, str(tmp_path / "pooled"))
+    table = tables.pooled_report(runs, str(tmp_path / "pooled"))
     assert table.n.tolist() == [1] * 8 and table.final_acc_sd.isna().all()
-    today = report.write_report(report.load_runs(runs), str(tmp_path / "today"))
+    today = tables.write_report(report_runs.load_runs(runs), str(tmp_path / "today"))
     for name in ("report.csv", "report.md"):
         assert (tmp_path / "pooled" / name).read_text() == (tmp_path / "today" / name).read_text()
     assert "| run | protocol | sessions |" in (tmp_path / "pooled" / "report.md").read_text()
@@ -160,7 +163,7 @@ def test_single_runs_are_reported_as_today(tmp_path):
 
 def test_reruns_of_one_seed_stay_apart(tmp_path):
     runs = [write_run(str(tmp_path / "a")), write_run(str(tmp_path / "b"))]  # no seed: reruns
-    groups = report.group_runs(report.load_runs(runs))
+    groups = report_runs.group_runs(report_runs.load_runs(runs))
     assert [len(g.runs) for g in groups] == [1, 1]
 
 
@@ -169,7 +172,7 @@ def test_unequal_sessions_pool_the_common_ones(tmp_path):
             write_seed(str(tmp_path / "s2"), 2, 19, sessions=2),
             write_seed(str(tmp_path / "t0"), 0, lr=0.5), write_seed(str(tmp_path / "t1"), 1, lr=0.5)]
     out = tmp_path / "out"
-    table = report.pooled_report(runs, str(out))
+    table = tables.pooled_report(runs, str(out))
     top = row(table, "lr=0.1")
     assert top.sessions == 2 and top.n == 3
     assert top.final_acc_mean == pytest.approx(75 + 9)  # session 1: 74, 84, 94
@@ -184,7 +187,7 @@ def test_unequal_sessions_pool_the_common_ones(tmp_path):
 def test_continuum_table_and_plot(tmp_path):
     a, b = two_settings(tmp_path, continuum=True)
     out = tmp_path / "out"
-    table = report.pooled_report(a + b, str(out))
+    table = tables.pooled_report(a + b, str(out))
     top = row(table, "lr=0.1")
     assert top.final_acc_continuum_5_mean == pytest.approx(45 + 9)
     assert top.final_acc_continuum_5_sd == pytest.approx(10.0)
@@ -199,7 +202,7 @@ def test_continuum_table_and_plot(tmp_path):
         assert image.format == "PNG" and image.size[0] > 400
         image.verify()
     series = [(g.label, metrics.pooled_continuum([r for _, r in g.runs]))
-              for g in report.group_runs(report.load_runs(a + b))]
+              for g in report_runs.group_runs(report_runs.load_runs(a + b))]
     ax = plots.continuum_figure(series, pooled=True).axes[0]
     assert ax.get_xscale() == "log" and len(ax.collections) == 2  # one ±sd band a group
     assert list(ax.get_lines()[0].get_xdata()) == SIZES
@@ -208,7 +211,7 @@ def test_continuum_table_and_plot(tmp_path):
 
 def test_continuum_per_run(tmp_path):
     run = write_seed(str(tmp_path / "r"), 0, continuum=True)
-    table = report.write_report(report.load_runs([run]), run)
+    table = tables.write_report(report_runs.load_runs([run]), run)
     assert table.loc[0, "final_acc_continuum_50"] == 90.0
     assert math.isnan(table.loc[1, "final_acc_continuum_50"])
     with open(os.path.join(run, "report.md")) as f:
@@ -220,11 +223,11 @@ def test_continuum_per_run(tmp_path):
 
 def test_loss_curve_and_plot(tmp_path):
     a, b = two_settings(tmp_path, loss=True)
-    mean, sd, starts = metrics.pooled_loss([report.load_run(f) for f in a])
+    mean, sd, starts = metrics.pooled_loss([report_runs.load_run(f) for f in a])
     assert starts == [0, 4, 8] and len(mean) == 12
     assert mean[5] == pytest.approx(2 + 0.1 + 0.09) and sd[5] == pytest.approx(0.1)
     out = tmp_path / "out"
-    report.pooled_report(a + b, str(out))
+    tables.pooled_report(a + b, str(out))
     with Image.open(out / "loss.png") as image:
         assert image.format == "PNG"
         image.verify()
@@ -232,7 +235,7 @@ def test_loss_curve_and_plot(tmp_path):
     ax = plots.loss_figure([("a", (mean, sd, starts))], pooled=True).axes[0]
     boundaries = [line.get_xdata()[0] for line in ax.get_lines()[1:]]
     assert boundaries == [4.5, 8.5] and len(ax.collections) == 1
-    one = metrics.pooled_loss([report.load_run(a[0])])
+    one = metrics.pooled_loss([report_runs.load_run(a[0])])
     assert list(one[0][:5]) == pytest.approx([0.99, 1.09, 1.19, 1.29, 1.99])
     assert all(map(math.isnan, one[1]))  # one run: no spread
 
@@ -241,8 +244,8 @@ def test_pooled_plot_draws_each_group_with_a_band(tmp_path):
     runs = [write_seed(str(tmp_path / f"c{s}"), s, 8 * s, dataset="cifar100", num_class=100,
                        class_per_task=10) for s in range(2)]
     runs += [write_seed(str(tmp_path / "d0"), 0, lr=0.5)]
-    groups = report.group_runs(report.load_runs(runs))
-    fig = plots.pooled_figure(groups, report.pooled_table(groups))
+    groups = report_runs.group_runs(report_runs.load_runs(runs))
+    fig = plots.pooled_figure(groups, tables.pooled_table(groups))
     axes = fig.axes
     assert len(axes) == 4 and "continuum of 20" in axes[0].get_title()
     labels = [line.get_label() for line in axes[0].get_lines()]
@@ -255,7 +258,7 @@ def test_pooled_plot_draws_each_group_with_a_band(tmp_path):
 
 def test_cli_prints_the_pooled_table(tmp_path, capsys):
     a, b = two_settings(tmp_path)
-    report.main(a + b + ["--out", str(tmp_path / "out")])
+    report_main(a + b + ["--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "final (mean ± sd)" in printed and "70.00 ± 10.00" in printed and "± 24.84" in printed
     assert printed.count("lr=0.01") == 4 and "wrote report.csv, report.md and accuracy.png" in printed
@@ -277,21 +280,21 @@ def test_corrupt_measurements_are_named(tmp_path, change, pattern):
     with open(path, "w") as f:
         json.dump(record, f)
     with pytest.raises(ConfigError, match=pattern):
-        report.load_run(folder)
+        report_runs.load_run(folder)
 
 
 def test_bad_folder_lists(tmp_path, capsys):
     run = write_seed(str(tmp_path / "a"), 0)
     with pytest.raises(ConfigError, match=r"a/ is given twice \(also as .*a\); give each run once"):
-        report.load_runs([run, run + "/"])
+        report_runs.load_runs([run, run + "/"])
     with pytest.raises(ConfigError, match="no run folder given"):
-        report.pooled_report([], str(tmp_path / "out"))
+        tables.pooled_report([], str(tmp_path / "out"))
     again = [run, write_seed(str(tmp_path / "b"), 1), write_seed(str(tmp_path / "c"), 0)]
     with pytest.raises(ConfigError, match=r"a and .*c are the same setting with the same seed 0; "
                                           "give only one of them"):
-        report.group_runs(report.load_runs(again))
+        report_runs.group_runs(report_runs.load_runs(again))
     with pytest.raises(SystemExit) as done:
-        report.main(again)
+        report_main(again)
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "same seed 0" in err

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import fake_data as F
-from data_sources import image_size
 from resnet import CelebResNet18, ReducedResNet18, ResNet18, build_network
 from utils.config import check_args
-from utils.session import run
+from utils.data.augmentation import image_size
+from utils.run.session import run
 
 # The hyper-parameters the scripts must ship (the release's, where it had the data set).
 SHIPPED = {

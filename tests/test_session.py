@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from utils.checkpoint import sha256
 from utils.config import check_args
 from utils.errors import ConfigError
-from utils.session import run
+from utils.files import sha256
+from utils.run.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCURACY_KEYS = ["acc_task_agnostic", "acc_per_sample", "acc_task_aware", "acc_base",
@@ -80,7 +80,8 @@ def test_end_to_end_files_and_records(full_run):
 def test_every_session_leaves_an_up_to_date_report(full_run):
     import pandas as pd
     from PIL import Image
-    from utils.metrics import protocol_metrics
+
+    from utils.report.metrics import protocol_metrics
     args, records = full_run
     table = pd.read_csv(os.path.join(args.checkpoint, "report.csv"))
     row = table[table.protocol == "task_agnostic"].iloc[0]
@@ -96,7 +97,7 @@ def test_every_session_leaves_an_up_to_date_report(full_run):
 
 
 def test_a_failing_report_does_not_cost_the_session(small_args, monkeypatch):
-    import utils.session as S
+    import utils.run.session as S
 
     def broken(*a, **k):
         raise OSError("disk quota exceeded")
@@ -277,6 +278,7 @@ def test_other_switches_run_end_to_end(small_args, over):
 
 def test_missing_data_writes_nothing(tmp_path, monkeypatch):
     import torchvision.datasets
+
     import train_mnist
     monkeypatch.setattr(torchvision.datasets.MNIST, "download",
                         lambda self: (_ for _ in ()).throw(OSError("offline")))
@@ -302,7 +304,7 @@ def test_memory_of_the_wrong_classes(finished_two):
 
 
 def test_ctrl_c_names_the_session_to_resume(small_args, monkeypatch, capsys):
-    import utils.session as S
+    import utils.run.session as S
     real = S.run_session
 
     def interrupted(*args):
@@ -363,7 +365,7 @@ def test_a_record_that_is_not_a_record(finished_two):
 
 def test_ctrl_c_just_after_a_record_names_the_next_session(small_args, monkeypatch):
     """Ctrl-C between session 1's record and the loop's next step: session 1 is finished."""
-    import utils.session as S
+    import utils.run.session as S
     real = S.write_json
 
     def write_then_interrupt(path, obj):

@@ -2,8 +2,10 @@
 DataLoader path and the tensor-held one (args.gpu_data). No process group is needed for this."""
 import torch
 
-from incremental_dataloader import IncrementalData, ReplayMemory, TensorBatches
-from utils.distributed import DistContext
+from incremental_dataloader import IncrementalData
+from utils.data.memory import ReplayMemory
+from utils.fast.distributed import DistContext
+from utils.fast.gpu_data import TensorBatches
 
 
 def ctx(rank, world_size):

@@ -1,4 +1,4 @@
-"""``python3 -m utils.sweep``: the grid, run names, skipping and resuming, failures, a killed sweep."""
+"""``python3 -m utils.run.sweep``: the grid, run names, skipping and resuming, failures, a killed sweep."""
 import json
 import os
 import signal
@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from utils import sweep
+from utils.run import sweep
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def test_each_job_gets_its_share_of_the_cores(monkeypatch, cores, jobs, want):
 
 
 def sweep_command(out, *more, jobs=2, seeds="0-1"):
-    return [sys.executable, "-m", "utils.sweep", SCRIPT, "--seeds", seeds, "--jobs", str(jobs),
+    return [sys.executable, "-m", "utils.run.sweep", SCRIPT, "--seeds", seeds, "--jobs", str(jobs),
             "--out", str(out), *TINY, *more]
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fault_runner import shrunk_args
-from utils.session import run
+from utils.run.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE_S = 300  # both ranks share two busy cores; a hung collective call fails here, not forever

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-import utils.session as S
-from utils.checkpoint import RunStore, TEMPORARY
+import utils.run.session as S
+from utils.files import TEMPORARY
+from utils.run.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")

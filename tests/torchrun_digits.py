@@ -16,7 +16,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from fault_runner import shrunk_args  # noqa: E402
-from utils import checkpoint, distributed, session  # noqa: E402
+from utils import files  # noqa: E402
+from utils.fast import distributed  # noqa: E402
+from utils.run import session  # noqa: E402
 
 
 def append(folder, name, line):
@@ -26,7 +28,7 @@ def append(folder, name, line):
 
 def instrument(out):
     rank = int(os.environ["RANK"])
-    run_session, atomic_write, task_shares = (session.run_session, checkpoint.atomic_write,
+    run_session, atomic_write, task_shares = (session.run_session, files.atomic_write,
                                               distributed.task_shares)
     absent = {}
 
@@ -50,7 +52,7 @@ def instrument(out):
         return shares
 
     session.run_session = counted_session
-    checkpoint.atomic_write = logged_write
+    files.atomic_write = logged_write
     distributed.task_shares = shares_with_absence
 
 

@@ -1,4 +1,4 @@
-"""``python3 -m utils.sweep train_X.py --seeds 0-9 field=v1,v2 field2=a,b ... [--jobs N] [--out DIR]``
+"""``python3 -m utils.run.sweep train_X.py --seeds 0-9 field=v1,v2 field2=a,b ... [--jobs N] [--out DIR]``
 
 Runs every combination of the given values, for every seed, each as its own run of the script with
 those values as command-line overrides (``utils/overrides.py``), in its own folders:
@@ -29,10 +29,10 @@ import threading
 
 from tqdm import tqdm
 
-from utils import overrides
-from utils.checkpoint import write_json
 from utils.config import check_args
 from utils.errors import ConfigError
+from utils.files import write_json
+from utils.run import overrides
 
 STATE = "sweep.json"
 
@@ -250,7 +250,7 @@ def _drain(finished, bar, runs, state):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python3 -m utils.sweep", description=__doc__.split("\n\n")[1].strip())
+        prog="python3 -m utils.run.sweep", description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("script", help="the training script, e.g. train_digits.py")
     parser.add_argument("grid", nargs="*", help="field=value1,value2,... (values with commas "
                         "inside brackets stay one value)")
@@ -268,7 +268,7 @@ def main(argv=None):
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    command = " ".join(["python3 -m utils.sweep"] + (argv if argv is not None else sys.argv[1:]))
+    command = " ".join(["python3 -m utils.run.sweep"] + (argv if argv is not None else sys.argv[1:]))
 
     def state(runs_now):
         write_json(os.path.join(out, STATE), {
@@ -296,7 +296,7 @@ def main(argv=None):
 
 def summarise(runs, out):
     """The pooled report of the sweep's finished runs, into <out>/report."""
-    from utils.report import format_pooled, pooled_report
+    from utils.report.tables import format_pooled, pooled_report
     folders = [run.cfg.checkpoint for run in runs if run.status == "finished"]
     if not folders:
         return

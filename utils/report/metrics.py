@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.records import PROTOCOL_LABELS
+from utils.report.records import PROTOCOL_LABELS
 
 METRICS = ("final_acc", "avg_incremental_acc", "avg_forgetting", "bwt")
 

@@ -1,126 +1,25 @@
-"""Where a run's files live, how they are written (atomically, durably) and read back (safely).
+"""One run's files, session by session: where each lives (``utils/files.py`` names them), the checks
+a resume makes before anything is written, and reading them back safely.
 
-Results go to ``args.checkpoint`` (session JSONs, summary.csv, class order, manifest, log) and
-weights to ``args.savepoint`` (model and replay memory of every session), as in the release. A
-session counts as finished only once its ``session_<t>.json`` is in place, and it is written last; a
-finished session's files are never written again. Nothing here unpickles: models load with
+A session counts as finished only once its record ``session_<t>.json`` is in place, and it is written
+last; a finished session's files are never written again. Nothing here unpickles: models load with
 ``weights_only=True`` and everything else is JSON, so a downloaded checkpoint cannot run code.
 """
 import contextlib
-import errno
-import hashlib
 import json
 import os
-import re
 import tempfile
 
 import torch
 
+from utils import files
 from utils.errors import ConfigError
-from utils.overrides import command, fields
+from utils.run.overrides import command, fields
 
 try:
     import fcntl
 except ImportError:  # Windows has no fcntl: runs there go without the lock
     fcntl = None
-
-# What atomic_write leaves when a run is killed between writing a temporary file and moving it into
-# place: "." + the file's name + "." + mkstemp's 8 random characters.
-TEMPORARY = re.compile(r"^\.(session_\d+(\.json|_model\.pt|_memory\.json)|summary\.csv|"
-                       r"class_order\.json|classes\.txt|manifest\.json|report\.csv|report\.md|"
-                       r"accuracy\.png)\.[a-z0-9_]{8}$")
-
-
-def atomic_write(path, write):
-    """Write through ``write(file_object)`` to a temporary name in the same folder, then move it into
-    place: readers see the old file or the whole new one, never a part, even after a kill. A write
-    that fails (a full disk, a folder gone read-only) stops with one sentence naming the file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        _write_then_move(path, folder, write)
-    except OSError as e:
-        raise ConfigError(f"{path} could not be written ({_why(e, folder)}); make room on its disk "
-                          "or fix its folder, then run the command again: finished sessions are "
-                          "kept.") from None
-
-
-def _write_then_move(path, folder, write):
-    make_folder(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should read like any file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data reach the disk before the name does
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_folder(folder)  # the rename itself survives a power cut
-
-
-def _why(error, folder):
-    """An OSError in words; where a regular file stands in the place of ``folder`` or of a folder
-    above it, that file is named instead, since the system's words ("File exists", "Not a
-    directory") hide it."""
-    above = os.path.abspath(folder)
-    while not os.path.exists(above):
-        above = os.path.dirname(above)
-    if os.path.isfile(above):
-        return f"{above} is a file, not a folder"
-    words = error.strerror or str(error)
-    return f"{words}: {error.filename}" if error.filename else words
-
-
-def make_folder(folder):
-    """``os.makedirs``, with every new folder's name synced into its parent."""
-    missing, folder = [], os.path.abspath(folder)  # a relative path's dirname ends in "", not "/"
-    while not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for new in reversed(missing):
-        os.makedirs(new, exist_ok=True)
-        fsync_folder(os.path.dirname(new))
-
-
-def fsync_folder(folder):
-    """Flush a folder's entries (new names, renames) to disk; a no-op where folders cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some file systems (certain network mounts) refuse fsync on a folder; they commit names
-        # on their own.
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _umask():
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunStore:
@@ -138,38 +37,37 @@ class RunStore:
         return fields(text.split("=", 1)[0] for text in self.overrides)
 
     def session_json(self, t):
-        return os.path.join(self.cfg.checkpoint, f"session_{t}.json")
+        return files.session_record(self.cfg.checkpoint, t)
 
     def model_file(self, t):
-        return os.path.join(self.cfg.savepoint, f"session_{t}_model.pt")
+        return files.model_file(self.cfg.savepoint, t)
 
     def memory_file(self, t):
-        return os.path.join(self.cfg.savepoint, f"session_{t}_memory.json")
+        return files.memory_file(self.cfg.savepoint, t)
 
     @property
     def class_order_file(self):
-        return os.path.join(self.cfg.checkpoint, "class_order.json")
+        return os.path.join(self.cfg.checkpoint, files.CLASS_ORDER)
 
     @property
     def class_list_file(self):
-        """The run's classes by name, one per line in arrival order: reusable as args.class_order."""
-        return os.path.join(self.cfg.checkpoint, "classes.txt")
+        return os.path.join(self.cfg.checkpoint, files.CLASS_LIST)
 
     @property
     def summary_file(self):
-        return os.path.join(self.cfg.checkpoint, "summary.csv")
+        return os.path.join(self.cfg.checkpoint, files.SUMMARY)
 
     @property
     def manifest_file(self):
-        return os.path.join(self.cfg.checkpoint, "manifest.json")
+        return os.path.join(self.cfg.checkpoint, files.MANIFEST)
 
     @property
     def lock_file(self):
-        return os.path.join(self.cfg.checkpoint, ".lock")
+        return os.path.join(self.cfg.checkpoint, files.LOCK)
 
     def finished(self):
         """Sessions whose record is in place, in order."""
-        return [t for t in range(self.cfg.num_task) if os.path.exists(self.session_json(t))]
+        return [t for t in files.finished_sessions(self.cfg.checkpoint) if t < self.cfg.num_task]
 
     def check_start(self, start):
         """Refuse a start that would overwrite a finished session or skip an unfinished one."""
@@ -230,19 +128,19 @@ class RunStore:
         """Catch a file that still parses but changed after session t finished (a bad copy, a
         flipped bit, a file of another run): its record holds the checksum it was written with."""
         expected = (record.get("checksums") or {}).get(os.path.basename(path))
-        if expected is not None and sha256(path) != expected:
+        if expected is not None and files.sha256(path) != expected:
             raise ConfigError(f"{path} is corrupt: its checksum differs from the one in "
                               f"{self.session_json(t)}; restore the file, or {self.redo_hint(t)}.")
 
     def save_model(self, t, model):
         """Returns the file's checksum, for the session's record."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_write(self.model_file(t), lambda f: torch.save(state, f))
-        return sha256(self.model_file(t))
+        files.atomic_write(self.model_file(t), lambda f: torch.save(state, f))
+        return files.sha256(self.model_file(t))
 
     def save_memory(self, t, memory_state):
-        write_json(self.memory_file(t), memory_state)
-        return sha256(self.memory_file(t))
+        files.write_json(self.memory_file(t), memory_state)
+        return files.sha256(self.memory_file(t))
 
     def remove_temporaries(self):
         """Delete what a killed run left half-written (``.session_1_model.pt.k3x9a_2q``); nothing
@@ -251,7 +149,7 @@ class RunStore:
         removed = []
         for folder in sorted({self.cfg.checkpoint, self.cfg.savepoint}):
             names = os.listdir(folder) if os.path.isdir(folder) else []
-            for name in sorted(filter(TEMPORARY.match, names)):
+            for name in sorted(filter(files.TEMPORARY.match, names)):
                 os.remove(os.path.join(folder, name))
                 removed.append(name)
         return removed
@@ -263,14 +161,14 @@ class RunStore:
         session is touched."""
         for field in ("checkpoint", "savepoint"):
             try:
-                make_folder(getattr(self.cfg, field))
+                files.make_folder(getattr(self.cfg, field))
                 tempfile.TemporaryFile(dir=getattr(self.cfg, field)).close()
             except OSError as e:
                 raise self._unwritable(field, e) from None
 
     def _unwritable(self, field, error):
         folder = getattr(self.cfg, field)
-        return ConfigError(f"args.{field} = {folder!r} cannot be written ({_why(error, folder)}); "
+        return ConfigError(f"args.{field} = {folder!r} cannot be written ({files.why(error, folder)}); "
                            "choose a folder you can write to.")
 
     @contextlib.contextmanager

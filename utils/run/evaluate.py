@@ -1,4 +1,4 @@
-"""``python3 -m utils.evaluate RUN [field=value ...] [--out FOLDER]``: a finished run evaluated again.
+"""``python3 -m utils.run.evaluate RUN [field=value ...] [--out FOLDER]``: a finished run evaluated again.
 
 The four protocols and the continuum-size curve are measured anew on every saved session of the run
 in RUN (its ``args.checkpoint`` folder), with other inference settings: the continuum, the single
@@ -20,23 +20,26 @@ import time
 from types import SimpleNamespace
 
 from incremental_dataloader import IncrementalData
-from learner_task_itaml import evaluate
 from resnet import build_network
-from utils import overrides
-from utils.checkpoint import RunStore, write_json, write_text
 from utils.config import SCHEMA, check_args
 from utils.errors import ConfigError
+from utils.files import write_json, write_text
+from utils.inference import evaluate
 from utils.logger import get_logger
-from utils.manifest import environment, recorded_value
-from utils.records import format_table, summary_csv
-from utils.report import load_run, write_report
-from utils.session import load_class_order, load_memory, load_weights, resolve_device, session_seed
+from utils.report.records import format_table, summary_csv
+from utils.report.runs import load_run
+from utils.report.tables import write_report
+from utils.run import overrides
+from utils.run.manifest import environment, recorded_value
+from utils.run.session import (load_class_order, load_memory, load_weights, resolve_device,
+                               session_seed)
+from utils.run.store import RunStore
 
 # What an evaluation may change: how the saved models are tested, and where things are.
 INFERENCE = ("continuum", "adapt_lr", "adapt_epochs", "adapt_batch", "adapt_bn", "test_batch",
              "device", "num_workers", "amp", "channels_last")
 LOCATIONS = ("data_path", "savepoint")  # where the run's data and models are now, if they moved
-USAGE = "python3 -m utils.evaluate RUN [field=value ...] [--out FOLDER]"
+USAGE = "python3 -m utils.run.evaluate RUN [field=value ...] [--out FOLDER]"
 
 
 def run_args(record):
@@ -55,7 +58,7 @@ def parse(texts, cfg):
         name = text.split("=", 1)[0]
         if name in SCHEMA and name not in INFERENCE + LOCATIONS:
             raise ConfigError(f"the override {text!r} changes args.{name}, which the saved models "
-                              f"were trained with; utils.evaluate takes only inference fields "
+                              f"were trained with; utils.run.evaluate takes only inference fields "
                               f"({', '.join(INFERENCE)}) and where the data and models are "
                               f"({', '.join(LOCATIONS)}); train a new run to change {name}.")
     return overrides.apply(type("args", (), vars(cfg)), texts)[1]
@@ -69,7 +72,7 @@ def default_out(run, texts):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python3 -m utils.evaluate", usage=USAGE,
+    parser = argparse.ArgumentParser(prog="python3 -m utils.run.evaluate", usage=USAGE,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="the run's args.checkpoint folder")
     parser.add_argument("overrides", nargs="*", help="field=value, inference fields only")
@@ -89,17 +92,17 @@ def reevaluate(run, texts=(), out=None):
     values = parse(list(texts), run_args(records[-1]))
     out = os.path.normpath(out or default_out(run, texts))
     if os.path.realpath(out) == os.path.realpath(run):
-        raise ConfigError(f"--out {out} is the run's own folder, which utils.evaluate never "
+        raise ConfigError(f"--out {out} is the run's own folder, which utils.run.evaluate never "
                           "writes; give another folder.")
     source = _source(run, records, values)
     target = SimpleNamespace(**{**vars(source.cfg), "checkpoint": out, "savepoint": out})
-    store = RunStore(target, "utils.evaluate")
+    store = RunStore(target, "utils.run.evaluate")
     with store.lock():
         log = get_logger(out)
         log.info(f"evaluating {run} (sessions 0..{len(records) - 1}) with "
                  f"{', '.join(texts) or 'its own settings'}; records to {out}")
         _copy_class_order(source.store, store)
-        write_json(store.manifest_file, {"command": " ".join(["python3 -m utils.evaluate", run,
+        write_json(store.manifest_file, {"command": " ".join(["python3 -m utils.run.evaluate", run,
                                                               *texts] + ["--out", out]),
                                          "evaluated_from": os.path.normpath(run),
                                          "overrides": values, **environment(source.device)})
@@ -115,7 +118,7 @@ def _source(run, records, values):
     """The run's args (its last record's, with the overrides), store, data and device."""
     cfg = run_args(records[-1])
     cfg = check_args(SimpleNamespace(**{**vars(cfg), "checkpoint": run, **values}))
-    store = RunStore(cfg, "utils.evaluate")
+    store = RunStore(cfg, "utils.run.evaluate")
     if not os.path.isdir(cfg.savepoint):
         raise ConfigError(f"the run's models are not in {cfg.savepoint} (its args.savepoint); give "
                           "the folder that holds its session_<t>_model.pt with savepoint=PATH.")

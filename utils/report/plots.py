@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 
-from utils.records import PROTOCOL_LABELS
+from utils.report.records import PROTOCOL_LABELS
 
 PAPER_CURVES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_curves.json")
 # protocol -> (colour, marker, legend text); the paper's protocol is drawn on top of the others

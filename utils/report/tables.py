@@ -1,189 +1,26 @@
-"""``python3 -m utils.report <checkpoint folder> [more folders] [--out DIR]``: metrics, tables and plots.
-
-Reads the session records of one or more runs, computes every protocol's metrics (``utils/metrics.py``),
-prints them, and writes ``report.csv``, ``report.md`` and ``accuracy.png`` (accuracy against the number
-of classes, one line per protocol and run, with the paper's iTAML curve for the same data set and split
-when one is known: ``utils/paper_curves.json``); ``continuum.png`` (final accuracy against the continuum
-size p) and ``loss.png`` (training loss against the epoch) when the records hold those measurements.
-The session loop calls ``write_report`` after every session, so a run's checkpoint folder always holds
-an up-to-date report.
-
-Runs whose args differ only in the seed and in where and how they ran (``EXECUTION_FIELDS``) are seeds
-of one setting: ``pooled_report`` groups them and reports each group's mean, standard deviation and 95%
-confidence interval over its seeds. When every group holds one run the report is the per-run one.
+"""The report's tables and files: every protocol's metrics per run (``utils/report/metrics.py``) or
+pooled per group of seeds (mean, standard deviation and 95% confidence interval), as ``report.csv``,
+``report.md``, ``accuracy.png`` (accuracy against the number of classes, with the paper's iTAML curve
+for the same data set and split when one is known: ``paper_curves.json``), and ``continuum.png`` and
+``loss.png`` when the records hold those measurements. The session loop calls ``write_report`` after
+every session, so a run's checkpoint folder always holds an up-to-date report.
 """
-import argparse
 import json
 import os
 import re
-import sys
-from collections import namedtuple
-from numbers import Real
 
 import pandas as pd
 
-from utils.checkpoint import atomic_write
-from utils.errors import ConfigError
-from utils.config import SWITCHES, VARIANTS
-from utils.plots import (BAND, continuum_figure, figure, loss_figure, paper_curve, png,
-                         pooled_figure)
-from utils.metrics import (METRICS, accuracy_matrix, common_sessions, pooled_continuum, pooled_loss,
-                           pooled_metrics, protocol_metrics, run_metrics)
-from utils.records import PROTOCOL_LABELS
+from utils import files
+from utils.report.metrics import (METRICS, accuracy_matrix, common_sessions, pooled_continuum,
+                                  pooled_loss, pooled_metrics, protocol_metrics, run_metrics)
+from utils.report.plots import (BAND, continuum_figure, figure, loss_figure, paper_curve, png,
+                                pooled_figure)
+from utils.report.records import PROTOCOL_LABELS
+from utils.report.runs import EXECUTION_FIELDS, group_runs, load_runs, seed
 
-SESSION_FILE = re.compile(r"session_(\d+)\.json$")
 METRIC_NAMES = {"final_acc": "final", "avg_incremental_acc": "avg incremental",
                 "avg_forgetting": "avg forgetting", "bwt": "BWT"}
-# args that say where and how a run was executed, not what it computes: seeds of one setting may differ
-EXECUTION_FIELDS = ("checkpoint", "savepoint", "data_path", "device", "num_workers")
-# runs: [(folder, records)]; setting: the args that define it; differing: {field: value} in its label
-Group = namedtuple("Group", "label runs setting differing")
-
-
-def load_run(folder):
-    """The records of sessions 0..n−1 in a checkpoint folder, in order."""
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{folder} is not a folder; give the args.checkpoint folder of a run.")
-    found = sorted(int(m.group(1)) for m in map(SESSION_FILE.match, os.listdir(folder)) if m)
-    if not found:
-        raise ConfigError(f"{folder} holds no session_<t>.json; give the args.checkpoint folder of "
-                          "a run that has finished at least one session.")
-    gaps = [t for t in range(found[-1]) if t not in found]
-    if gaps:
-        raise ConfigError(f"{os.path.join(folder, f'session_{gaps[0]}.json')} is missing while "
-                          "later sessions exist; restore it, the metrics need every session.")
-    records = []
-    for t in found:
-        path = os.path.join(folder, f"session_{t}.json")
-        try:
-            with open(path) as f:
-                record = json.load(f)
-            if record["session"] != t or any(p not in record["per_task"] for p in PROTOCOL_LABELS):
-                raise ValueError("its session number or per-task accuracies are wrong")
-            _check_measurements(record)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or rerun "
-                              f"session {t}.") from None
-        records.append(record)
-    return records
-
-
-def _is_number(v):
-    return isinstance(v, Real) and not isinstance(v, bool)
-
-
-def _check_measurements(record):
-    """The optional keys later versions added must hold numbers, or the plots fail far from here."""
-    if not isinstance(record.get("args", {}), dict):
-        raise ValueError("its args are not a mapping of field to value")
-    by_p = record.get("acc_task_agnostic_by_continuum", {})
-    if not isinstance(by_p, dict) or not all(
-            str(p).isdigit() and int(p) > 0 and _is_number(v) for p, v in by_p.items()):
-        raise ValueError("acc_task_agnostic_by_continuum is not a mapping of continuum size to "
-                         "accuracy")
-    loss = record.get("train_loss_per_epoch", [])
-    if not isinstance(loss, list) or not all(_is_number(v) for v in loss):
-        raise ValueError("train_loss_per_epoch is not a list of numbers")
-
-
-def load_runs(folders):
-    """[(folder, records)] of every folder, each folder given once."""
-    if not folders:
-        raise ConfigError("no run folder given; give the args.checkpoint folder of at least one run.")
-    seen = {}
-    for folder in folders:
-        real = os.path.realpath(folder)
-        if real in seen:
-            also = "" if seen[real] == folder else f" (also as {seen[real]})"
-            raise ConfigError(f"{folder} is given twice{also}; give each run once, or its seed "
-                              "would count twice.")
-        seen[real] = folder
-    return [(os.path.normpath(folder), load_run(folder)) for folder in folders]
-
-
-def setting(records):
-    """What a run computes: the args of its last record but the seed and where and how it ran."""
-    args = records[-1].get("args", {})
-    return {k: v for k, v in args.items() if k not in EXECUTION_FIELDS and k != "seed"}
-
-
-def seed(records):
-    return records[-1].get("args", {}).get("seed")
-
-
-def group_runs(runs):
-    """Runs [(folder, records)] grouped by setting, in the order they came, labelled (``Group``)."""
-    buckets = {}
-    for run in runs:
-        key = json.dumps(setting(run[1]), sort_keys=True, default=str)
-        buckets.setdefault(key, []).append(run)
-    members = [group for bucket in buckets.values() for group in _split_reruns(bucket)]
-    order = {id(run): i for i, run in enumerate(runs)}
-    members.sort(key=lambda group: order[id(group[0])])  # single runs stay in the order given
-    return _label(members)
-
-
-def _split_reruns(bucket):
-    """Runs of one setting and one seed are reruns to compare side by side, not seeds to pool; a seed
-    repeated among other seeds would count twice, so that is an error."""
-    seeds = [seed(records) for _, records in bucket]
-    if all(s == seeds[0] for s in seeds):
-        return [[run] for run in bucket]
-    for i, s in enumerate(seeds):
-        if s in seeds[:i]:
-            raise ConfigError(f"{bucket[seeds.index(s)][0]} and {bucket[i][0]} are the same setting "
-                              f"with the same seed {s}; give only one of them, or that seed would "
-                              "count twice.")
-    return [bucket]
-
-
-def _label(members):
-    """Each group's label: where its setting departs from the one most groups share (the first
-    group's where there is a tie), so a study of one-at-a-time changes reads "r=2", "beta=1"; the
-    group that departs nowhere names every field that differs between the groups. A variant switch
-    counts as set only where it departs from its own variant. With nothing differing, or two labels
-    alike, the common part of the group's folder names is added."""
-    settings = [setting(runs[0][1]) for runs in members]
-    marked = [_against_variant(s) for s in settings]
-    fields = list(dict.fromkeys(k for s in settings for k in s))  # the args' own order
-    missing = object()
-    differing = [k for k in fields if any(m.get(k, missing) != marked[0].get(k, missing)
-                                          for m in marked)]
-    usual = {k: _most_common([m.get(k, missing) for m in marked]) for k in differing}
-    labels = []
-    for s, m in zip(settings, marked):
-        departs = [k for k in differing if m.get(k, missing) != usual[k]]
-        labels.append(", ".join(f"{k}={s.get(k, '–')}" for k in departs or differing))
-    groups = []
-    for label, runs, s in zip(labels, members, settings):
-        if not label or labels.count(label) > 1:
-            folders = _common_part([folder for folder, _ in runs])
-            label = f"{label} ({folders})" if label else folders
-        groups.append(Group(label, runs, s, {k: s.get(k) for k in differing}))
-    return groups
-
-
-def _against_variant(s):
-    """A setting with each variant switch that equals its variant's value marked as such, so that
-    the variant alone tells two presets apart."""
-    preset = VARIANTS.get(s.get("variant"), {})
-    return {k: ("(the variant's)" if k in SWITCHES and k in preset and v == preset[k] else v)
-            for k, v in s.items()}
-
-
-def _most_common(values):
-    """The value most entries hold; the first of them where several are as common."""
-    counts = [sum(json.dumps(w, default=str) == json.dumps(v, default=str) for w in values)
-              for v in values]
-    return values[counts.index(max(counts))]
-
-
-def _common_part(folders):
-    if len(folders) == 1:
-        return folders[0]
-    common = os.path.commonprefix(folders).rstrip("/_-. ")
-    return common or " + ".join(folders)
-
 
 def _column_key(column):
     """Names first, then the label's args, the metrics, sessions in order, continuum sizes in order."""
@@ -414,12 +251,12 @@ def _pooled_files(groups, table):
     return files
 
 
-def _write(out, files):
+def _write(out, contents):
     """Each file whole or not at all, even after a kill; returns the names written."""
-    for name, content in files.items():
+    for name, content in contents.items():
         data = content.encode() if isinstance(content, str) else content
-        atomic_write(os.path.join(out, name), lambda f, data=data: f.write(data))
-    return list(files)
+        files.atomic_write(os.path.join(out, name), lambda f, data=data: f.write(data))
+    return list(contents)
 
 
 def write_report(runs, out):
@@ -461,30 +298,3 @@ def format_pooled(table):
         if m in ("final_acc", "avg_incremental_acc"):
             shown[f"{METRIC_NAMES[m]} 95% CI"] = table[f"{m}_ci95_halfwidth"].map(_ci)
     return shown.to_string(index=False)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python3 -m utils.report",
-        description="Metrics, accuracy matrices and plots of one or more iTAML runs; the seeds of "
-                    "one setting are pooled (mean, sd, 95%% confidence interval).")
-    parser.add_argument("folders", nargs="+", help="args.checkpoint folders of runs")
-    parser.add_argument("--out", help="where to write report.csv, report.md and the plots "
-                        "(default: the run's folder for one run, ./report for several)")
-    options = parser.parse_args(argv)
-    try:
-        groups = group_runs(load_runs(options.folders))
-    except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
-    out = options.out or (groups[0].runs[0][0] if len(options.folders) == 1 else "report")
-    table, written = write_groups(groups, out)
-    if all(len(g.runs) == 1 for g in groups):
-        print(format_metrics(report_table([g.runs[0] for g in groups])))
-    else:
-        print(format_pooled(table))
-    print(f"wrote {', '.join(written[:-1])} and {written[-1]} to {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,17 +13,21 @@ import time
 import numpy as np
 import torch
 
-from incremental_dataloader import IncrementalData, ReplayMemory
-from learner_task_itaml import MetaLearner, base_test_accuracy, evaluate
+from incremental_dataloader import IncrementalData
+from learner_task_itaml import MetaLearner
 from resnet import build_network
-from utils.checkpoint import RunStore, write_json, write_text
-from utils import distributed, overrides
 from utils.config import check_args, describe_training, for_session, session_settings
+from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError, Diverged
+from utils.fast import distributed
+from utils.files import write_json, write_text
+from utils.inference import base_test_accuracy, evaluate
 from utils.logger import get_logger, quiet_logger
-from utils.manifest import check_resume, read_manifest, rebuilt, resumed, started
-from utils.records import format_table, summary_csv
-from utils.report import write_report
+from utils.report.records import format_table, summary_csv
+from utils.report.tables import write_report
+from utils.run import overrides
+from utils.run.manifest import check_resume, read_manifest, rebuilt, resumed, started
+from utils.run.store import RunStore
 
 
 def main(args, argv=None):
