@@ -19,6 +19,7 @@ which produced the published numbers). The release differs in four ways, each it
 """
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,82 @@ def make_optimizer(cfg, params, lr):
     return torch.optim.RAdam(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
+# ---------------------------------------------------------------- Φ_fast of meta_target "mean"
+#
+# On one process Φ_fast is θ_fast = (1/K) Σ_k θ_k over the K tasks of the mini-batch, and each task's
+# own head slice φ_k; slices of absent tasks keep their base value. Under torchrun the global
+# mini-batch B is split into shards B_r: every rank runs the inner loop of each task k present in ITS
+# shard from the same base weights, giving θ_k^r, φ_k^r (BatchNorm statistics treated like θ).
+# ``task_shares`` counts, in one all-reduce, n_k = ranks whose shard holds task k and M_k = samples of
+# task k in B; the tasks of B are those with n_k > 0, K of them. Per task, the fast weights are
+# averaged over the ranks that saw it with weights w_k^r summing to one, w_k^r = 1/n_k ("ranks") or
+# m_k^r/M_k ("samples", m_k^r = task k's samples in B_r), and θ_fast is the plain mean of those
+# per-task averages over the K tasks:
+#
+#     θ_fast   = (1/K) Σ_{k: n_k>0} Σ_{r sees k} w_k^r θ_k^r = Σ_r [ Σ_{k in B_r} (w_k^r/K) θ_k^r ]
+#     φ_fast,k = Σ_{r sees k} w_k^r φ_k^r  for n_k > 0,   φ_base,k  for n_k = 0.
+#
+# The bracket is what rank r accumulates (zero when B_r holds nothing); one SUM all-reduce then gives
+# θ_fast on every rank, bit-identical everywhere. Head rows are accumulated as w_k^r φ_k^r in task k's
+# slice and zero elsewhere; after the sum the slices of tasks absent from B get their base value back
+# (``keep_absent_rows_``). One process: n_k = 1 and m_k^r = M_k, so w_k^r = 1.0 and w_k^r/K = 1.0/K
+# exactly, no collective is called, and the numbers are the single-process mean's, bit for bit.
+# "samples" makes one plain-SGD inner step on the shards equal to that step on the whole global batch
+# (the loss is a mean over samples); the learner uses it, so a rank holding one sample of a task moves
+# that task less than a rank holding thirty. Under meta_target "last" the ranks' live weights and
+# statistics are averaged instead (``distributed.all_reduce_mean_``); with one rank that is the tensor.
+
+@dataclass(frozen=True)
+class TaskShares:
+    """Who saw which task of one global mini-batch: ``ranks[k]`` = n_k, ``samples[k]`` = M_k."""
+    ranks: torch.Tensor
+    samples: torch.Tensor
+    weighting: str = "ranks"
+
+    @property
+    def tasks(self):
+        """Tasks of the global mini-batch, ascending."""
+        return torch.nonzero(self.ranks > 0).squeeze(1).tolist()
+
+    def head_weight(self, k, local_samples):
+        """w_k^r: this rank's share of task k's average (1.0 with one process); ``local_samples``
+        is m_k^r, task k's samples in this rank's shard."""
+        if self.weighting == "samples":
+            return int(local_samples) / int(self.samples[k])
+        return 1.0 / int(self.ranks[k])
+
+    def theta_weight(self, k, local_samples):
+        """w_k^r / K: this rank's weight of θ_k^r (and BatchNorm statistics) in θ_fast."""
+        return self.head_weight(k, local_samples) / len(self.tasks)
+
+
+def task_shares(task_ids, num_task, ctx, weighting="ranks"):
+    """n_k and M_k over all ranks from each rank's per-sample task ids (one tiny all-reduce; call
+    it before the inner loops, on every rank, even with an empty shard)."""
+    if weighting not in ("ranks", "samples"):
+        raise ValueError(f"weighting must be 'ranks' or 'samples', not {weighting!r}")
+    task_ids = task_ids.reshape(-1).cpu().long()
+    if len(task_ids) and not 0 <= int(task_ids.min()) <= int(task_ids.max()) < num_task:
+        raise ValueError(f"task ids must lie in 0..{num_task - 1}")  # else the shapes would differ
+    samples = torch.bincount(task_ids, minlength=num_task)
+    counts = torch.stack([(samples > 0).long(), samples])
+    if ctx.enabled:
+        counts = counts.to(ctx.device)
+        distributed.all_reduce_sum_([counts], ctx)
+        counts = counts.cpu()
+    return TaskShares(counts[0], counts[1], weighting)
+
+
+def keep_absent_rows_(fast_head, base_head, shares, class_per_task):
+    """After the sum, tasks absent from the global batch get their base head rows back (their
+    accumulators hold zeros)."""
+    absent = torch.nonzero(shares.ranks == 0).squeeze(1).tolist()
+    for fast, base in zip(fast_head, base_head):
+        for k in absent:
+            rows = slice(k * class_per_task, (k + 1) * class_per_task)
+            fast[rows] = base[rows]
+
+
 class _MeanOfTasks:
     """Φ_fast of meta_target "mean": θ_fast = mean_k θ_k and φ_fast = task k's own slice φ_k
     (absent tasks' slices keep their base value); BatchNorm statistics averaged like θ.
@@ -99,7 +176,7 @@ class _MeanOfTasks:
     Under torchrun (``shares``) each rank adds the tasks of its shard; task k's fast weights are
     averaged over the ranks that saw it, weighted by their share of its samples, θ_fast is the mean
     of those averages over the K tasks of the global batch, and one all-reduce sums the ranks'
-    parts (utils/distributed.py has the derivation). One process: the weights are exactly 1/K for
+    parts (the derivation is above). One process: the weights are exactly 1/K for
     θ and 1 for φ_k, and no collective call is made."""
 
     def __init__(self, learner, base, num_tasks, shares=None):
@@ -136,7 +213,7 @@ class _MeanOfTasks:
             learner = self.learner
             distributed.all_reduce_sum_([self.fast] + ([] if self.running is None
                                                        else [self.fast_running]), learner.ctx)
-            distributed.keep_absent_rows_(self.fast_phi,
+            keep_absent_rows_(self.fast_phi,
                                           learner.weights.views(self.base)[learner.num_theta:],
                                           self.shares, self.cpt)
         return self.fast, self.fast_running
@@ -254,7 +331,7 @@ class MetaLearner:
         x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
         tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
         # Under torchrun: which ranks hold which task of the global batch (one tiny all-reduce).
-        shares = distributed.task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task,
+        shares = task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task,
                                          self.ctx, "samples") if self.ctx.enabled else None
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+import learner_task_itaml as L
 from utils.fast import distributed as D
 
 CPT, NUM_TASK, LR, ETA = 2, 4, 0.4, 0.7
@@ -71,7 +72,7 @@ def paper_step(model, x, y, ctx, weighting="ranks", r=1):
     params, is_head, buffers = _split(model)
     base = [p.detach().clone() for p in params]
     base_buffers = [b.clone() for b in buffers]
-    shares = D.task_shares(y // CPT, NUM_TASK, ctx, weighting)   # before the inner loops
+    shares = L.task_shares(y // CPT, NUM_TASK, ctx, weighting)   # before the inner loops
     theta = [p for p, h in zip(params, is_head) if not h]
     head = [p for p, h in zip(params, is_head) if h]
     fast = [torch.zeros_like(b) for b in base]
@@ -91,7 +92,7 @@ def paper_step(model, x, y, ctx, weighting="ranks", r=1):
                 f[rows] = p[rows] * shares.head_weight(k, m)
     D.all_reduce_sum_(fast + fast_buffers, ctx)                  # every rank, even with no task
     with torch.no_grad():
-        D.keep_absent_rows_(fast_head, [b for b, h in zip(base, is_head) if h], shares, CPT)
+        L.keep_absent_rows_(fast_head, [b for b, h in zip(base, is_head) if h], shares, CPT)
         _interpolate(params, base, fast, buffers, base_buffers, fast_buffers)
     D.broadcast_tensors_(D.counters(model), ctx)
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dist_workers as W
 from utils.errors import ConfigError
+import learner_task_itaml as L
 from utils.fast import distributed as D
 
 WORLD = 2
@@ -82,11 +83,11 @@ def test_plain_start_gives_a_disabled_context_whose_helpers_do_nothing(plain_env
     D.barrier(ctx)
     D.cleanup(ctx)
     assert D.checksum(net) == before and not dist.is_initialized()
-    shares = D.task_shares(torch.tensor([2, 0, 2, 2]), 4, ctx)
+    shares = L.task_shares(torch.tensor([2, 0, 2, 2]), 4, ctx)
     assert shares.ranks.tolist() == [1, 0, 1, 0] and shares.samples.tolist() == [1, 0, 3, 0]
     assert shares.tasks == [0, 2]
     for weighting in ("ranks", "samples"):  # one process: every task's weight is exactly 1 / K
-        shares = D.task_shares(torch.tensor([2, 0, 2, 2]), 4, ctx, weighting)
+        shares = L.task_shares(torch.tensor([2, 0, 2, 2]), 4, ctx, weighting)
         assert shares.head_weight(2, 3) == 1.0 and shares.theta_weight(2, 3) == 1.0 / 2
 
 

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from fault_runner import shrunk_args  # noqa: E402
 from utils import files  # noqa: E402
+import learner_task_itaml  # noqa: E402
 from utils.fast import distributed  # noqa: E402
 from utils.run import session  # noqa: E402
 
@@ -29,7 +30,7 @@ def append(folder, name, line):
 def instrument(out):
     rank = int(os.environ["RANK"])
     run_session, atomic_write, task_shares = (session.run_session, files.atomic_write,
-                                              distributed.task_shares)
+                                              learner_task_itaml.task_shares)
     absent = {}
 
     def counted_session(cfg, store, data, model, memory, t, *rest):
@@ -53,7 +54,7 @@ def instrument(out):
 
     session.run_session = counted_session
     files.atomic_write = logged_write
-    distributed.task_shares = shares_with_absence
+    learner_task_itaml.task_shares = shares_with_absence
 
 
 if __name__ == "__main__":

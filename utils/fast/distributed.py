@@ -1,43 +1,12 @@
-"""Data-parallel iTAML under ``torchrun``: process group, sharding, the distributed meta-update, gathers.
+"""``torchrun``'s side of data-parallel iTAML: the process group, sharding of batches and test sets,
+and the collectives, and nothing of the method (the distributed meta-update, with its task shares and
+the head rows of absent tasks, is in ``learner_task_itaml.py``).
 
 Started plainly (no RANK/WORLD_SIZE/LOCAL_RANK in the environment), :func:`setup` returns a disabled
 context and every helper here returns its input or does nothing, so a single-process run computes
 exactly what it computed before. Under ``torchrun`` each rank trains on its share of every global
 mini-batch and the ranks meet in a fixed number of collective calls per step, whatever their shards
 hold, so none can wait for a call another rank skips.
-
-The meta-update (Alg. 1, ``meta_target = "mean"``, the "paper" variant's) on a global mini-batch B
-split into shards B_r:
-
-- every rank runs the inner loop of each task k present in ITS shard, from the same base weights,
-  giving θ_k^r, φ_k^r (and BatchNorm statistics, treated like θ);
-- :func:`task_shares` counts, in one all-reduce, n_k = ranks whose shard holds task k and
-  M_k = samples of task k in B; the tasks of B are those with n_k > 0, K of them;
-- per task, the fast weights are averaged over the ranks that saw it, with weights w_k^r summing to
-  one: w_k^r = 1/n_k ("ranks", the default) or m_k^r/M_k ("samples", m_k^r = task k's samples in
-  B_r), and θ_fast is the plain mean of those per-task averages over the K tasks of B:
-
-      θ_fast   = (1/K) Σ_{k: n_k>0} Σ_{r sees k} w_k^r θ_k^r = Σ_r [ Σ_{k in B_r} (w_k^r/K) θ_k^r ]
-      φ_fast,k = Σ_{r sees k} w_k^r φ_k^r  for n_k > 0,   φ_base,k  for n_k = 0.
-
-  The bracket is what rank r accumulates locally (zero when B_r holds nothing); one SUM all-reduce
-  (:func:`all_reduce_sum_`) then gives θ_fast on every rank, bit-identical everywhere. Head rows are
-  accumulated as w_k^r φ_k^r in task k's slice and zero elsewhere; after the sum the slices of tasks
-  absent from B get their base value back (:func:`keep_absent_rows_`).
-- One process: n_k = 1 and m_k^r = M_k, so w_k^r = 1.0 and w_k^r/K = 1.0/K exactly; θ_fast is the
-  running sum of θ_k/K over the batch's tasks, task k's slice is φ_k, the others keep the base, and
-  the all-reduce is skipped: accumulated with these weights (see tests/dist_workers.py, paper_step),
-  the same numbers, bit for bit, as the single-process ``learner_task_itaml._MeanOfTasks``.
-- "samples" makes one plain-SGD inner step (r = 1, no momentum yet) on the shards equal to that step
-  on the whole global batch, because the loss is a mean over samples; "ranks" weighs every rank
-  that saw the task alike. Both agree when shards are balanced. The learner uses "samples": a rank
-  holding one sample of a task should not move that task as much as a rank holding thirty (see the
-  README's torchrun section for what each gave on the digits demo).
-
-``meta_target = "last"`` (the "official" variant's: interpolation towards the live weights the last
-task left) becomes: each rank runs its shard's tasks, then the live weights and BatchNorm statistics are
-averaged over the ranks (:func:`all_reduce_mean_`) before the interpolation. With one rank, the mean
-of one tensor is the tensor.
 
 Integer buffers (BatchNorm's step counters) count each rank's own inner steps; they are not part of
 the update, so rank 0's are broadcast after it (:func:`counters`) to keep the ranks bit-identical.
@@ -209,58 +178,7 @@ def eval_shard(indices, rank, world_size):
     return np.resize(indices, size * world_size)[rank * size:(rank + 1) * size]
 
 
-# ---------------------------------------------------------------- the meta-update (Alg. 1)
-
-@dataclass(frozen=True)
-class TaskShares:
-    """Who saw which task of one global mini-batch: ``ranks[k]`` = n_k, ``samples[k]`` = M_k."""
-    ranks: torch.Tensor
-    samples: torch.Tensor
-    weighting: str = "ranks"
-
-    @property
-    def tasks(self):
-        """Tasks of the global mini-batch, ascending."""
-        return torch.nonzero(self.ranks > 0).squeeze(1).tolist()
-
-    def head_weight(self, k, local_samples):
-        """w_k^r: this rank's share of task k's average (1.0 with one process); ``local_samples``
-        is m_k^r, task k's samples in this rank's shard."""
-        if self.weighting == "samples":
-            return int(local_samples) / int(self.samples[k])
-        return 1.0 / int(self.ranks[k])
-
-    def theta_weight(self, k, local_samples):
-        """w_k^r / K: this rank's weight of θ_k^r (and BatchNorm statistics) in θ_fast."""
-        return self.head_weight(k, local_samples) / len(self.tasks)
-
-
-def task_shares(task_ids, num_task, ctx, weighting="ranks"):
-    """n_k and M_k over all ranks from each rank's per-sample task ids (one tiny all-reduce; call
-    it before the inner loops, on every rank, even with an empty shard)."""
-    if weighting not in ("ranks", "samples"):
-        raise ValueError(f"weighting must be 'ranks' or 'samples', not {weighting!r}")
-    task_ids = task_ids.reshape(-1).cpu().long()
-    if len(task_ids) and not 0 <= int(task_ids.min()) <= int(task_ids.max()) < num_task:
-        raise ValueError(f"task ids must lie in 0..{num_task - 1}")  # else the shapes would differ
-    samples = torch.bincount(task_ids, minlength=num_task)
-    counts = torch.stack([(samples > 0).long(), samples])
-    if ctx.enabled:
-        counts = counts.to(ctx.device)
-        dist.all_reduce(counts)
-        counts = counts.cpu()
-    return TaskShares(counts[0], counts[1], weighting)
-
-
-def keep_absent_rows_(fast_head, base_head, shares, class_per_task):
-    """After the sum, tasks absent from the global batch get their base head rows back (their
-    accumulators hold zeros)."""
-    absent = torch.nonzero(shares.ranks == 0).squeeze(1).tolist()
-    for fast, base in zip(fast_head, base_head):
-        for k in absent:
-            rows = slice(k * class_per_task, (k + 1) * class_per_task)
-            fast[rows] = base[rows]
-
+# ---------------------------------------------------------------- collectives
 
 @torch.no_grad()
 def all_reduce_sum_(tensors, ctx):
