@@ -28,7 +28,7 @@ from tqdm import tqdm
 from utils.errors import Diverged
 from utils.fast import distributed
 from utils.fast.batched import BatchedFirstSteps
-from utils.fast.device import autocast, prepare_model, split_by_task, to_input
+from utils.fast.device import autocast, prepare_model, to_input
 from utils.fast.flat import FlatBuffer
 
 
@@ -91,6 +91,20 @@ def make_optimizer(cfg, params, lr):
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.RAdam(params, lr=lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def split_by_task(x, y, class_per_task):
+    """Task k's samples (x_k, y_k) for every task k present in the batch, in increasing k, each in
+    batch order. The split is planned on the host from the labels and taken with one gather and
+    views, so a batch on the GPU costs no device synchronisation per task (boolean masks would)."""
+    task = y.cpu() // class_per_task
+    counts = torch.bincount(task)
+    tasks = torch.nonzero(counts).squeeze(1)
+    order = torch.argsort(task, stable=True)
+    sizes = counts[tasks].tolist()
+    xs = torch.split(x[order.to(x.device)], sizes)
+    ys = torch.split(y[order.to(y.device)], sizes)
+    return tasks.tolist(), xs, ys
 
 
 # ---------------------------------------------------------------- Φ_fast of meta_target "mean"

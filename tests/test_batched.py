@@ -111,7 +111,7 @@ def test_each_tasks_first_step_is_its_own(cfg_factory):
     model = network("celeb")
     learner = L.MetaLearner(model, cfg_for(cfg_factory, True), session=2)
     x, y = batches("celeb")[0]
-    tasks, xs, ys = DV.split_by_task(x, y, CPT)
+    tasks, xs, ys = L.split_by_task(x, y, CPT)
     first = learner.batched(list(zip(tasks, xs, ys)))
     base, base_running = learner.weights.data.clone(), learner.running.data.clone()
     for i, (k, xk, yk) in enumerate(zip(tasks, xs, ys)):

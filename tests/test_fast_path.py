@@ -107,7 +107,7 @@ def test_optimizers_use_the_multi_tensor_implementation(cfg_factory):
 def test_split_by_task_equals_boolean_masks():
     x = torch.arange(10.0)[:, None].expand(10, 3)
     y = torch.tensor([7, 0, 5, 1, 6, 6, 0, 9, 4, 1])
-    tasks, xs, ys = DV.split_by_task(x, y, 2)
+    tasks, xs, ys = L.split_by_task(x, y, 2)
     assert tasks == [0, 2, 3, 4]
     for k, xk, yk in zip(tasks, xs, ys):
         mask = (y // 2) == k

@@ -1,6 +1,5 @@
 """The speed options of ``args`` where the learner and the inference meet the device: the memory
-layout (``channels_last``), bf16 autocast (``amp``), and a batch split by task without a device
-synchronisation per task."""
+layout (``channels_last``) and bf16 autocast (``amp``)."""
 import torch
 
 
@@ -23,17 +22,3 @@ def autocast(cfg, device):
     """bf16 autocast of forward passes and losses under ``args.amp``; weights and optimizer states
     stay float32."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp)
-
-
-def split_by_task(x, y, class_per_task):
-    """Task k's samples (x_k, y_k) for every task k present in the batch, in increasing k, each in
-    batch order. The split is planned on the host from the labels and taken with one gather and
-    views, so a batch on the GPU costs no device synchronisation per task (boolean masks would)."""
-    task = y.cpu() // class_per_task
-    counts = torch.bincount(task)
-    tasks = torch.nonzero(counts).squeeze(1)
-    order = torch.argsort(task, stable=True)
-    sizes = counts[tasks].tolist()
-    xs = torch.split(x[order.to(x.device)], sizes)
-    ys = torch.split(y[order.to(y.device)], sizes)
-    return tasks.tolist(), xs, ys
