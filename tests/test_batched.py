@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 
 import learner_task_itaml as L
-import utils.fast.device as DV
 from resnet import MLP, CelebResNet18, ReducedResNet18
 from utils.errors import ConfigError
 from utils.fast import distributed as D
