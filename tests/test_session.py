@@ -307,10 +307,10 @@ def test_ctrl_c_names_the_session_to_resume(small_args, monkeypatch, capsys):
     import utils.run.session as S
     real = S.run_session
 
-    def interrupted(*args):
-        if args[5] == 1:  # t
+    def interrupted(job, t):
+        if t == 1:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(job, t)
     monkeypatch.setattr(S, "run_session", interrupted)
     with pytest.raises(SystemExit) as stop:
         run(small_args, 0, "train_digits.py")

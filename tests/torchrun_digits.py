@@ -33,10 +33,10 @@ def instrument(out):
                                               learner_task_itaml.task_shares)
     absent = {}
 
-    def counted_session(cfg, store, data, model, memory, t, *rest):
-        record = run_session(cfg, store, data, model, memory, t, *rest)
+    def counted_session(job, t):
+        record = run_session(job, t)
         append(out, f"rank{rank}.sessions", json.dumps(
-            {"session": t, "checksum": distributed.checksum(model),
+            {"session": t, "checksum": distributed.checksum(job.model),
              "acc_task_agnostic": record["acc_task_agnostic"], "absent": absent.get(t, 0)}))
         return record
 

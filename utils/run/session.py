@@ -9,6 +9,9 @@ import contextlib
 import os
 import sys
 import time
+from collections import namedtuple
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -56,6 +59,30 @@ def session_seed(cfg, t):
     return cfg.seed * 1000 + t
 
 
+@dataclass
+class Job:
+    """What every session of one launch shares: the checked args, the run's files, this process's
+    place under torchrun, the records of the finished sessions (appended to as sessions finish), and
+    once prepared the data, the network, the replay memory and the log."""
+    cfg: SimpleNamespace
+    store: RunStore
+    ctx: distributed.DistContext
+    history: list
+    data: IncrementalData = None
+    model: torch.nn.Module = None
+    memory: ReplayMemory = None
+    log: object = None
+
+    @property
+    def device(self):
+        return self.ctx.device
+
+
+# A resume's findings, read before anything is written: args changed since the last finished
+# session, the saved class order, and the manifest.
+Resume = namedtuple("Resume", "changes saved manifest")
+
+
 def run(args, start=0, script="train.py", override_texts=()):
     """Run sessions ``start`` … T−1; returns the records of the sessions it ran. ``override_texts``:
     the command line's field=value words, already applied to ``args``, for the manifest and the
@@ -66,105 +93,109 @@ def run(args, start=0, script="train.py", override_texts=()):
                           f"(args.num_task = {cfg.num_task}).")
     ctx = distributed.setup(resolve_device(cfg.device))  # under torchrun: this rank's device
     try:
-        return _run(cfg, start, script, ctx, override_texts)
+        return _run(cfg, start, RunStore(cfg, script, override_texts), ctx)
     finally:
         distributed.cleanup(ctx)
 
 
-def _run(cfg, start, script, ctx, override_texts=()):
-    device = ctx.device
-    store = RunStore(cfg, script, override_texts)
+def _run(cfg, start, store, ctx):
     store.check_start(start)
     # Everything is read and checked before anything is written: a bad resume costs no training.
     # Under torchrun every rank reads the same files (so every rank stops on the same error).
-    history = [store.read_record(s) for s in range(start)]  # for summary.csv and the report
-    changes, saved, manifest = _read_resume(cfg, store, start, history) if start else ({}, None, None)
-    model, memory, data = _prepare(cfg, store, start, device, saved, history)
-    distributed.broadcast_module_(model, ctx)  # identical start on every rank
+    job = Job(cfg, store, ctx, [store.read_record(s) for s in range(start)])
+    resume = _read_resume(job) if start else Resume({}, None, None)
+    _prepare(job, resume.saved)
+    distributed.broadcast_module_(job.model, ctx)  # identical start on every rank
     # Only rank 0 locks the folders, writes files and prints tables.
     with store.lock() if ctx.is_main else contextlib.nullcontext():
-        log = (_begin(cfg, store, start, device, data, manifest, changes, history, ctx)
-               if ctx.is_main else quiet_logger())
-        return _sessions(cfg, store, data, model, memory, start, device, log, history, ctx)
+        job.log = _begin(job, resume) if ctx.is_main else quiet_logger()
+        return _sessions(job)
 
 
-def _read_resume(cfg, store, start, history):
-    """The args changed since session start−1 (refusing those that would change what the finished
-    sessions mean), its class order, and the manifest."""
+def _read_resume(job):
+    """The args changed since the last finished session (refusing those that would change what
+    the finished sessions mean), its class order, and the manifest."""
+    cfg, store, start = job.cfg, job.store, len(job.history)
+
     def saved_names():  # only read when a class list has moved
         return load_class_order(cfg, store).get("class_names")
-    changes = check_resume(cfg, history[-1], store.session_json(start - 1), saved_names)
-    return changes, load_class_order(cfg, store), read_manifest(store, start)
+    changes = check_resume(cfg, job.history[-1], store.session_json(start - 1), saved_names)
+    return Resume(changes, load_class_order(cfg, store), read_manifest(store, start))
 
 
-def _begin(cfg, store, start, device, data, manifest, changes, history, ctx):
+def _begin(job, resume):
     """Clear what a killed run left half-written, write the run's own files, say what happens next."""
+    cfg, store, start = job.cfg, job.store, len(job.history)
     removed = store.remove_temporaries()
     log = get_logger(cfg.checkpoint)
-    log.info(_start_line(cfg, store, start, device, ctx))
+    log.info(_start_line(job))
     if start == 0:
-        write_json(store.class_order_file, {"class_order": data.class_order,
-                                            "class_names": data.class_names})
-        write_text(store.class_list_file, "".join(f"{name}\n" for name in data.class_names))
-        write_json(store.manifest_file, started(cfg, store, start, device))
+        write_json(store.class_order_file, {"class_order": job.data.class_order,
+                                            "class_names": job.data.class_names})
+        write_text(store.class_list_file, "".join(f"{name}\n" for name in job.data.class_names))
+        write_json(store.manifest_file, started(cfg, store, start, job.device))
     else:
-        _record_resume(cfg, store, start, device, manifest, changes, history, log)
+        _record_resume(job, resume, log)
     if removed:
         log.info(f"removed {len(removed)} half-written file(s) an interrupted run left: "
                  + ", ".join(removed))
     return log
 
 
-def _record_resume(cfg, store, start, device, manifest, changes, history, log):
-    manifest = manifest or rebuilt(history[-1], store.session_json(start - 1))
-    manifest, setup = resumed(manifest, cfg, store, start, device, changes)
+def _record_resume(job, resume, log):
+    store, start = job.store, len(job.history)
+    manifest = resume.manifest or rebuilt(job.history[-1], store.session_json(start - 1))
+    manifest, setup = resumed(manifest, job.cfg, store, start, job.device, resume.changes)
     write_json(store.manifest_file, manifest)
-    if changes:
+    if resume.changes:
         log.info("args changed since the finished sessions (recorded in manifest.json): "
-                 + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items()))
+                 + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in resume.changes.items()))
     if setup:
         log.warning(f"resuming on another setup ({', '.join(setup)}): the sessions from here may "
                     "differ slightly from an uninterrupted run's.")
 
 
-def _start_line(cfg, store, start, device, ctx):
+def _start_line(job):
+    cfg, store, start, ctx = job.cfg, job.store, len(job.history), job.ctx
     where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
              f"{store.memory_file(start - 1)})" if start else "starting afresh")
     ranks = f" × {ctx.world_size} ranks (torchrun)" if ctx.enabled else ""
     return (f"{store.script}: iTAML ({describe_training(cfg)}) on {cfg.dataset}, sessions {start}.."
-            f"{cfg.num_task - 1} on {device}{ranks}, {where}; results to {cfg.checkpoint}, weights "
-            f"to {cfg.savepoint}")
+            f"{cfg.num_task - 1} on {job.device}{ranks}, {where}; results to {cfg.checkpoint}, "
+            f"weights to {cfg.savepoint}")
 
 
-def _sessions(cfg, store, data, model, memory, start, device, log, history, ctx):
+def _sessions(job):
+    start = len(job.history)
     try:
-        for t in range(start, cfg.num_task):
-            history.append(run_session(cfg, store, data, model, memory, t, device, log, history,
-                                       ctx))
+        for t in range(start, job.cfg.num_task):
+            job.history.append(run_session(job, t))
     except KeyboardInterrupt:
         # Ask the disk, not the loop: Ctrl-C may land after a session's record is in place.
-        nxt = len(store.finished())
-        log.error(f"interrupted in session {nxt}; sessions before it are saved: resume with "
-                  f"`{store.command(nxt)}`." if nxt < cfg.num_task else
-                  "interrupted after the last session was saved; the run is complete.")
+        nxt = len(job.store.finished())
+        job.log.error(f"interrupted in session {nxt}; sessions before it are saved: resume with "
+                      f"`{job.store.command(nxt)}`." if nxt < job.cfg.num_task else
+                      "interrupted after the last session was saved; the run is complete.")
         sys.exit(130)
-    return history[start:]
+    return job.history[start:]
 
 
-def _prepare(cfg, store, start, device, saved, history):
-    """Fresh model and memory at task 0; otherwise session start−1's model, memory and class order."""
+def _prepare(job, saved):
+    """Fresh model and memory at task 0; otherwise the last finished session's model, memory and
+    class order."""
+    cfg, store, start = job.cfg, job.store, len(job.history)
     if start == 0:
-        data = IncrementalData(cfg)
-        memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
+        job.data = IncrementalData(cfg)
+        job.memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
     else:
-        data = IncrementalData(cfg, saved["class_order"])
-        memory = load_memory(cfg, store, data, start - 1, history[-1])
+        job.data = IncrementalData(cfg, saved["class_order"])
+        job.memory = load_memory(cfg, store, job.data, start - 1, job.history[-1])
         state = store.load_model_state(start - 1)
     torch.manual_seed(cfg.seed)
-    model = build_network(cfg.dataset, data.input_shape, cfg.num_class)
+    model = build_network(cfg.dataset, job.data.input_shape, cfg.num_class)
     if state is not None:
-        load_weights(model, state, cfg, store, start - 1, history[-1])
-    return model.to(device), memory, data
+        load_weights(model, state, cfg, store, start - 1, job.history[-1])
+    job.model = model.to(job.device)
 
 
 def load_weights(model, state, cfg, store, t, record):
@@ -209,11 +240,12 @@ def load_memory(cfg, store, data, t, record):
     return memory
 
 
-def run_session(cfg, store, data, model, memory, t, device, log, earlier,
-                ctx=distributed.DistContext()):
+def run_session(job, t):
     """Train on task t plus the memory, update the memory, evaluate, save; returns the record.
-    ``earlier`` holds the records of sessions 0..t−1, for summary.csv. Under torchrun every rank
-    trains on its shard and evaluates its share of the test set; rank 0 alone writes."""
+    Under torchrun every rank trains on its shard and evaluates its share of the test set; rank 0
+    alone writes."""
+    cfg, data, model, memory, device, ctx = (job.cfg, job.data, job.model, job.memory, job.device,
+                                             job.ctx)
     began = time.time()
     seed = session_seed(cfg, t)
     scfg = for_session(cfg, t)  # args.sessions[t] applied
@@ -227,9 +259,9 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier,
                                      test_accuracy=selection)
     except Diverged as e:  # nothing of session t is written; the finished ones stay as they are
         raise ConfigError(e.extended(f"nothing of session {t} was written; resume with "
-                                     f"`{store.command(t)}`")) from None
+                                     f"`{job.store.command(t)}`")) from None
     trained = time.time()
-    _update_memory(memory, data, t, model, device, ctx)
+    _update_memory(job, t)
     results = evaluate(model, data, memory, t, scfg, device, seed, ctx)
     done = time.time()
     record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
@@ -242,31 +274,33 @@ def run_session(cfg, store, data, model, memory, t, device, log, earlier,
     if ctx.enabled:
         record["world_size"] = ctx.world_size
     if ctx.is_main:
-        _save_session(cfg, store, model, memory, t, log, earlier, record)
+        _save_session(job, t, record)
     distributed.barrier(ctx)  # no rank starts the next session before session t is on disk
     return record
 
 
-def _update_memory(memory, data, t, model, device, ctx):
+def _update_memory(job, t):
     """M(t): chosen once, on rank 0, and broadcast, so every rank replays the same exemplars."""
+    memory, ctx = job.memory, job.ctx
     if ctx.is_main:
-        memory.update(data, data.task_classes(t), t, model, device)
+        memory.update(job.data, job.data.task_classes(t), t, job.model, job.device)
     if ctx.enabled:
         state = distributed.broadcast_object(memory.state_dict() if ctx.is_main else None, ctx)
         memory.exemplars = ReplayMemory.from_state(state).exemplars
 
 
-def _save_session(cfg, store, model, memory, t, log, earlier, record):
+def _save_session(job, t, record):
     """Model, memory, summary, report, and the record last: then session t is finished."""
+    store, records = job.store, job.history + [record]
     record["checksums"] = {
-        os.path.basename(store.model_file(t)): store.save_model(t, model),
-        os.path.basename(store.memory_file(t)): store.save_memory(t, memory.state_dict())}
-    write_text(store.summary_file, summary_csv(earlier + [record]))
-    headline = _report(cfg, earlier + [record], log)
+        os.path.basename(store.model_file(t)): store.save_model(t, job.model),
+        os.path.basename(store.memory_file(t)): store.save_memory(t, job.memory.state_dict())}
+    write_text(store.summary_file, summary_csv(records))
+    headline = _report(job.cfg, records, job.log)
     write_json(store.session_json(t), record)  # written last: the session is now finished
-    log.info(format_table(record))
+    job.log.info(format_table(record))
     if headline:
-        log.info(headline)
+        job.log.info(headline)
 
 
 def _report(cfg, records, log):
