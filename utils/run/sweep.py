@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from utils.config import check_args
 from utils.errors import ConfigError
+from utils import files
 from utils.files import write_json
 from utils.run import overrides
 
@@ -112,7 +113,7 @@ class Run:
     def finished_sessions(self):
         """How many sessions have their record, counting from 0 without a gap."""
         t = 0
-        while os.path.exists(os.path.join(self.cfg.checkpoint, f"session_{t}.json")):
+        while os.path.exists(files.session_record(self.cfg.checkpoint, t)):
             t += 1
         return t
 
