@@ -22,7 +22,10 @@ SUMMARY = "summary.csv"
 MANIFEST = "manifest.json"
 LOG = "log.txt"
 LOCK = ".lock"
-REPORT = ("report.csv", "report.md", "accuracy.png", "continuum.png", "loss.png")
+# The report (utils/report/tables.py), rewritten after every session
+REPORT_CSV, REPORT_MD = "report.csv", "report.md"
+ACCURACY_PLOT, CONTINUUM_PLOT, LOSS_PLOT = "accuracy.png", "continuum.png", "loss.png"
+REPORT = (REPORT_CSV, REPORT_MD, ACCURACY_PLOT, CONTINUUM_PLOT, LOSS_PLOT)
 
 
 def session_record(checkpoint, t):

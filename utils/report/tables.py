@@ -107,7 +107,7 @@ def markdown(runs, table):
                      _num(acc[-1]), _num(sum(acc) / len(acc)), "–", "–"])
     parts += ["## Metrics", "",
               _md_table(["run", "protocol", "sessions"] + [METRIC_NAMES[m] for m in METRICS], rows),
-              "", "![accuracy against the number of classes](accuracy.png)", ""]
+              "", f"![accuracy against the number of classes]({files.ACCURACY_PLOT})", ""]
     for label, records in runs:
         parts += [f"## Accuracy matrices of `{label}`", "",
                   "A[i][j]: accuracy on task j after session i.", ""]
@@ -154,7 +154,7 @@ def pooled_markdown(groups, table):
         rows.append([f"iTAML, the paper ({curve['source']})", "task_agnostic", "–", str(len(acc)),
                      _num(acc[-1]), "–", _num(sum(acc) / len(acc))] + ["–"] * 5)
     parts += ["", "## Metrics", "", _md_table(header, rows), "",
-              f"![mean accuracy against the number of classes; {BAND}](accuracy.png)", ""]
+              f"![mean accuracy against the number of classes; {BAND}]({files.ACCURACY_PLOT})", ""]
     parts += _runs_section(groups)
     parts += _continuum_section([(g.label, len(g.runs), pooled_continuum([r for _, r in g.runs]))
                                  for g in groups], pooled=True)
@@ -207,7 +207,7 @@ def _continuum_section(rows, pooled):
             f"Task-agnostic accuracy on all classes after the last session{spread} when the task "
             "is inferred from continua of p test samples of one task (the paper's analysis of "
             "p); the adapted models are the same for every p.", "", _md_table(header, cells), "",
-            "![final accuracy against the continuum size](continuum.png)", ""]
+            f"![final accuracy against the continuum size]({files.CONTINUUM_PLOT})", ""]
 
 
 def _loss_section(present, pooled):
@@ -216,39 +216,39 @@ def _loss_section(present, pooled):
     mean = f"; each group's mean, {BAND}" if pooled else ""
     return ["## Training loss", "",
             f"The training loss of every epoch, the sessions one after another (dotted lines: a "
-            f"session starts){mean}.", "", "![training loss against the epoch](loss.png)", ""]
+            f"session starts){mean}.", "", f"![training loss against the epoch]({files.LOSS_PLOT})", ""]
 
 
 def _extra_figures(series, pooled):
     """continuum.png and loss.png, each only when some run or group measured it; ``series``
     [(label, [records])]."""
-    files = {}
+    contents = {}
     by_p = [(label, pooled_continuum(runs)) for label, runs in series]
     if any(b for _, b in by_p):
-        files["continuum.png"] = png(continuum_figure([x for x in by_p if x[1]], pooled))
+        contents[files.CONTINUUM_PLOT] = png(continuum_figure([x for x in by_p if x[1]], pooled))
     losses = [(label, pooled_loss(runs)) for label, runs in series]
     if any(loss for _, loss in losses):
-        files["loss.png"] = png(loss_figure([x for x in losses if x[1]], pooled))
-    return files
+        contents[files.LOSS_PLOT] = png(loss_figure([x for x in losses if x[1]], pooled))
+    return contents
 
 
 def _run_files(runs):
     """The per-run report of ``runs`` [(label, records)]: its table and {file name: content}."""
     table = report_table(runs)
-    files = {"report.csv": table.to_csv(index=False, float_format="%.4f"),
-             "report.md": markdown(runs, table),
-             "accuracy.png": png(figure(runs, "; ".join(_describe(r) for _, r in runs[:2])))}
-    files.update(_extra_figures([(label, [records]) for label, records in runs], pooled=False))
-    return table, files
+    contents = {files.REPORT_CSV: table.to_csv(index=False, float_format="%.4f"),
+                files.REPORT_MD: markdown(runs, table),
+                files.ACCURACY_PLOT: png(figure(runs, "; ".join(_describe(r) for _, r in runs[:2])))}
+    contents.update(_extra_figures([(label, [records]) for label, records in runs], pooled=False))
+    return table, contents
 
 
 def _pooled_files(groups, table):
-    files = {"report.csv": table.to_csv(index=False, float_format="%.4f"),
-             "report.md": pooled_markdown(groups, table),
-             "accuracy.png": png(pooled_figure(groups, table))}
-    files.update(_extra_figures([(f"{g.label} (n = {len(g.runs)})", [r for _, r in g.runs])
-                                 for g in groups], pooled=True))
-    return files
+    contents = {files.REPORT_CSV: table.to_csv(index=False, float_format="%.4f"),
+                files.REPORT_MD: pooled_markdown(groups, table),
+                files.ACCURACY_PLOT: png(pooled_figure(groups, table))}
+    contents.update(_extra_figures([(f"{g.label} (n = {len(g.runs)})", [r for _, r in g.runs])
+                                    for g in groups], pooled=True))
+    return contents
 
 
 def _write(out, contents):

@@ -303,7 +303,7 @@ def summarise(runs, out):
         return
     table = pooled_report(folders, os.path.join(out, "report"))
     print(format_pooled(table))
-    print(f"pooled report: {os.path.join(out, 'report', 'report.md')}")
+    print(f"pooled report: {os.path.join(out, 'report', files.REPORT_MD)}")
 
 
 if __name__ == "__main__":
