@@ -22,7 +22,7 @@ class args:
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     variant = "official"                # the release's training, which made the paper's numbers;
-                                        # "paper": Alg. 1 as printed (README: the differences)
+                                        # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
     meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
     task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
@@ -38,8 +38,8 @@ class args:
     epochs = 70                         # epochs a session
     schedule = [20, 40, 60]             # epochs at which the learning rate is multiplied by gamma
     gamma = 0.2                         # learning-rate decay factor (release)
-    sessions = {}                       # {session: {field: value}}: one session's own settings
     model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
+    sessions = {}                       # {session: {field: value}}: one session's own settings
     train_batch = 64                    # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 64                     # evaluation batch
     num_workers = 8                     # DataLoader workers (JPEG decoding is the bottleneck)

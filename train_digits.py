@@ -1,8 +1,8 @@
 """iTAML on scikit-learn's bundled 8×8 digits: the offline demo (`python3 train_digits.py 0`).
 
 Unlike the paper's scripts, the demo runs Alg. 1 as printed (`variant = "paper"`): it is there to show
-the method step by step. On these digits it also ends higher than the release's training (README,
-"Where we differ from the authors' release": five seeds of each).
+the method step by step. On these digits it also ends higher than the release's training (docs/data.md,
+"The digits demo: its memory and its variant": five seeds of each).
 """
 from utils.run.session import main
 
@@ -38,8 +38,8 @@ class args:
     epochs = 10                         # epochs a session
     schedule = [4, 8]                   # epochs at which the learning rate is multiplied by gamma
     gamma = 0.5                         # learning-rate decay factor
-    sessions = {}                       # {session: {field: value}}: one session's own settings
     model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
+    sessions = {}                       # {session: {field: value}}: one session's own settings
     train_batch = 64                    # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 256                    # evaluation batch
     num_workers = 0                     # DataLoader workers (0: the data are in memory already)

@@ -24,11 +24,11 @@ class args:
     class_order = "natural"             # "natural" (0, 1, …) or "shuffled" (seeded by `seed`)
     seed = 0                            # seeds the split, class order, memory, loaders and init
 
-    memory = 400                        # exemplars kept in total, as the MLP demo (README: why 400)
+    memory = 400                        # exemplars kept in total, as the MLP demo (docs/data.md: why 400)
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     variant = "official"                # the release's training, as train_svhn.py;
-                                        # "paper": Alg. 1 as printed (README: the differences)
+                                        # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
     meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
     task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
@@ -44,8 +44,8 @@ class args:
     epochs = 8                          # epochs a session (SVHN's 20, shortened for two CPU cores)
     schedule = [4, 6]                   # epochs at which the learning rate is multiplied by gamma
     gamma = 0.2                         # learning-rate decay factor (release)
-    sessions = {}                       # {session: {field: value}}: one session's own settings
     model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
+    sessions = {}                       # {session: {field: value}}: one session's own settings
     train_batch = 64                    # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 256                    # evaluation batch
     num_workers = 0                     # DataLoader workers (0: the images are in memory already)

@@ -18,7 +18,7 @@ class args:
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     variant = "official"                # the release's training, which made the paper's numbers;
-                                        # "paper": Alg. 1 as printed (README: the differences)
+                                        # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
     meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)
     task_optimizer = None               # None: the variant's; "per_task" (paper) or "shared" (release)
@@ -34,9 +34,9 @@ class args:
     epochs = 20                         # epochs a session
     schedule = [5, 10, 15]              # epochs at which the learning rate is multiplied by gamma
     gamma = 0.5                         # learning-rate decay factor (release)
+    model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
     # one session's own settings; the release: 5 epochs in session 0, lr 0.05 in session 4
     sessions = {0: {"epochs": 5}, 4: {"lr": 0.05}}
-    model_selection = "last"            # "last" epoch's model; "release": best late epoch on the test set
     train_batch = 256                   # mini-batch of Alg. 1 (new task and memory shuffled)
     test_batch = 256                    # evaluation batch
     num_workers = 0                     # DataLoader workers (0: MNIST is held in memory)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's reproduction study: ten seeds of each setting on the digits demo, then one pooled report.
+# The reproduction study of docs/study.md: ten seeds of each setting on the digits demo, then one pooled report.
 # Rerunning it skips every finished run; a killed study loses only the runs in flight.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's single-update study: the BatchNorm digits demo (train_digits_cnn.py) trained with five
+# The single-update study of docs/study.md: the BatchNorm digits demo (train_digits_cnn.py) trained with five
 # seeds, then every run evaluated again on the same saved models with each remedy and with no update;
 # one pooled report. Rerunning it skips every finished run and every finished evaluation.
 set -euo pipefail
@@ -14,7 +14,7 @@ for run in "$OUT"/default,seed=*; do
   done
 done
 python3 -m utils.report "$OUT"/default,seed=* "$OUT"/evaluated/* --out "$OUT/report"
-# The README's table: final accuracies, the mean task-aware accuracy over sessions 1-4 (those that
+# The table of docs/study.md: final accuracies, the mean task-aware accuracy over sessions 1-4 (those that
 # adapt), and the worst task-aware accuracy of any task after any update, mean ± sd over the seeds.
 python3 - "$OUT" <<'PY'
 import glob, json, os, statistics, sys

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RELEASE = os.environ.get("ITAML_RELEASE")
 pytestmark = pytest.mark.skipif(
     not RELEASE, reason="set ITAML_RELEASE to a checkout of github.com/brjathu/iTAML to compare our "
-                        "training step with the authors' (README: Testing against the release)")
+                        "training step with the authors' (docs/release.md: Running the equivalence test)")
 
 # What the release's scripts and learner set, read off them: optimizer, learning rate of the
 # session, β, and the network's input; the release's r is 1, except 4 for the newest task of SVHN's

@@ -20,7 +20,7 @@ IN_MEMORY = ("mnist", "digits", "digits32", "cifar100", "svhn")  # small enough 
 GPU_ONLY = ("gpu_data", "amp", "compile")  # speed options that only pay off on a GPU
 
 # The training the two variants stand for, one switch per way the release's computation differs
-# from Alg. 1 as printed (README, "Where the release differs from the paper"). A switch left at
+# from Alg. 1 as printed (docs/release.md, "The variants and their switches"). A switch left at
 # None takes its variant's value; set one to change that step alone.
 VARIANTS = {
     "paper": dict(task_start="base", meta_target="mean", task_optimizer="per_task",

@@ -99,7 +99,7 @@ def reestimate_statistics(model, data, indices, cfg, device):
     """BatchNorm's running statistics measured anew on the exemplars ``indices`` without
     augmentation, for the weights the update left: one pass in train mode, each layer's statistics
     the plain average over the batches (momentum None), no weight changed. After the release's update
-    the statistics match neither the old weights nor the new ones (README: *The single update on
+    the statistics match neither the old weights nor the new ones (docs/study.md: *The single update on
     BatchNorm networks*). A network without BatchNorm is left as it is."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]

@@ -1,5 +1,5 @@
 """Each data set's transforms under ``args.augmentation``: "release" as the authors' code had them,
-"corrected" as the README explains (``pipeline``); the channel statistics they normalise with; the
+"corrected" as docs/data.md explains (``pipeline``); the channel statistics they normalise with; the
 side of the images a network sees (``image_size``); and, for the data sets held in memory, the same
 augmentation on a batch on the device (``augment_batch``, ``args.gpu_data``).
 """
@@ -106,7 +106,7 @@ class Pipeline:
 def pipeline(dataset, setting, size):
     """The Pipeline of ``dataset`` (one with images: not MNIST, not the 8×8 digits) under
     args.augmentation = ``setting`` for ``size``-px crops: "release" as the authors' code had it,
-    "corrected" as the README explains. ``stats`` ESTIMATED or MEASURED: the reader fills them in."""
+    "corrected" as docs/data.md explains. ``stats`` ESTIMATED or MEASURED: the reader fills them in."""
     stats = STATS[setting][dataset]
     if dataset in IN_MEMORY_AUGMENT[setting]:
         return Pipeline(size, IN_MEMORY_AUGMENT[setting][dataset], stats)

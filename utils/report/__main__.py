@@ -18,7 +18,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python3 -m utils.report",
         description="Metrics, accuracy matrices and plots of one or more iTAML runs; the seeds of "
-                    "one setting are pooled (mean, sd, 95%% confidence interval).")
+                    "one setting are pooled (mean, sd, 95% confidence interval).")
     parser.add_argument("folders", nargs="+", help="args.checkpoint folders of runs")
     parser.add_argument("--out", help="where to write report.csv, report.md and the plots "
                         "(default: the run's folder for one run, ./report for several)")

@@ -96,7 +96,7 @@ def _describe(records):
 def markdown(runs, table):
     parts = ["# iTAML report", "",
              "Accuracies in % on all classes seen so far; forgetting is positive when a task was "
-             "forgotten, BWT negative. Definitions: the README's *Metrics* section.", ""]
+             "forgotten, BWT negative. Definitions: docs/reporting.md, *Metrics and the report*.", ""]
     parts += [f"- `{label}`: {_describe(records)}" for label, records in runs] + [""]
     rows = [[f"`{r['run']}`", r["protocol"], str(r["sessions"])] + [_num(r[m]) for m in METRICS]
             for _, r in table.iterrows()]
@@ -131,7 +131,7 @@ def _pm(mean, sd):
 def pooled_markdown(groups, table):
     parts = ["# iTAML report, pooled over seeds", "",
              "Accuracies in % on all classes seen so far; forgetting is positive when a task was "
-             "forgotten, BWT negative. Definitions: the README's *Metrics* section. Each cell is "
+             "forgotten, BWT negative. Definitions: docs/reporting.md, *Metrics and the report*. Each cell is "
              "the mean ± the standard deviation (n−1) over the group's n seeds; *95% CI* is the "
              "half-width h of Student's t confidence interval of the mean, mean ± h with "
              "h = t(0.975, n−1)·sd/√n. Both are blank for a group of one seed.", "",

@@ -5,11 +5,11 @@ in RUN (its ``args.checkpoint`` folder), with other inference settings: the cont
 update (``adapt_lr``, ``adapt_epochs``, ``adapt_batch``, ``adapt_bn``) and where it runs. Training
 settings are refused: the saved models already embody them. The run is only read, never written. The
 records go to a new folder, by default RUN's name followed by ``_eval`` and the overrides
-(``results/digits_cnn/demo_eval_adapt_lr=0.0001``), in the run's format, so ``utils.report`` reads it
+(``results/digits_cnn/demo_eval_adapt_lr=1e-4``), in the run's format, so ``utils.report`` reads it
 like any run. Sessions already evaluated there are kept, so a killed evaluation resumes.
 
 Every random draw of the evaluation is seeded by the run's seed, the session and the task
-(``learner_task_itaml.adapt``), so without overrides the records repeat the run's own.
+(``utils.inference.adapt``), so without overrides the records repeat the run's own.
 """
 import argparse
 import json

@@ -2,7 +2,7 @@
 resume since, and the check that a resume continues the same experiment.
 
 A resumed run builds on the files of sessions 0..N−1, so the args that decide what those files mean
-(UNSAFE) must not change; the README's *Crash safety and resuming* says why each one is there. Any
+(UNSAFE) must not change; docs/running.md (*`args` on resume*) says why each one is there. Any
 other field may change (epochs, workers, device, …); the change is logged and recorded in the
 manifest, and each session's record keeps the args it ran with.
 """

@@ -5,10 +5,13 @@ edited copies of the script. The value is read as the field's type: a field that
 takes the text as it is, any other reads it as a Python literal (``0.01``, ``[4, 8]``, ``None``,
 ``True`` or ``true``), and a text that is no literal stays a string (``task_start=previous``). Each override is
 checked against the schema on its own, so a bad one is named in the error, before the whole class is.
+``--help`` (or ``-h``) anywhere on the line prints the usage and every field with the values it
+accepts, and exits.
 """
 import ast
 import difflib
 import os
+import sys
 
 from utils.config import SCHEMA, check_session_entries
 from utils.errors import ConfigError
@@ -18,9 +21,26 @@ def usage(script):
     return f"python3 {script} [start_task] [field=value ...]"
 
 
+HELP = ("--help", "-h")
+
+
+def help_text(script):
+    """The usage and one line per field of ``args``, in the schema's order, with its valid values."""
+    width = max(map(len, SCHEMA))
+    return "\n".join(
+        [f"usage: {usage(script)}", "",
+         "start_task: the task to start from (default 0); task N resumes from the saved session N-1.",
+         "field=value: sets that field of the script's args for this run. The fields (docs/args.md):"]
+        + [f"  {name:<{width}}  {valid}" for name, (_, valid, _) in SCHEMA.items()]) + "\n"
+
+
 def parse_command_line(rest, script="train.py"):
-    """(start task, override texts) from the words after the script's name."""
+    """(start task, override texts) from the words after the script's name; ``--help`` prints
+    ``help_text`` and exits with status 0."""
     start, words = 0, list(rest)
+    if any(word in HELP for word in words):
+        sys.stdout.write(help_text(script))
+        sys.exit(0)
     if words and "=" not in words[0]:
         first = words.pop(0)
         if not first.lstrip("-").isdigit():

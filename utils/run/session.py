@@ -34,7 +34,7 @@ from utils.run.store import RunStore
 
 
 def main(args, argv=None):
-    """Command-line entry, ``train_X.py [start_task] [field=value ...]`` (``utils/overrides.py``):
+    """Command-line entry, ``train_X.py [start_task] [field=value ...]`` (``utils/run/overrides.py``):
     bad input ends with one sentence on stderr and exit status 2."""
     argv = sys.argv if argv is None else argv
     script = os.path.basename(argv[0]) if argv else "train.py"

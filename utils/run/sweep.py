@@ -1,7 +1,7 @@
 """``python3 -m utils.run.sweep train_X.py --seeds 0-9 field=v1,v2 field2=a,b ... [--jobs N] [--out DIR]``
 
 Runs every combination of the given values, for every seed, each as its own run of the script with
-those values as command-line overrides (``utils/overrides.py``), in its own folders:
+those values as command-line overrides (``utils/run/overrides.py``), in its own folders:
 ``<out>/<name>`` for the results and, by the overrides' rule, ``models/…/<name>`` for the weights.
 A run's name lists the values that change it from the script's own ``args`` and its seed
 (``variant=official,seed=3``; ``default,seed=3`` when none does), so two grids that share a setting
@@ -11,7 +11,7 @@ Rerunning the same command skips finished runs and resumes unfinished ones at th
 session, so a killed sweep loses only the runs in flight; a run that fails is recorded with its
 one-sentence error and the sweep goes on. ``--jobs N`` runs N at a time, each pinned to its own share
 of the cores with as many threads. At the end (and in ``<out>/sweep.json`` all along) the sweep
-says what became of every run, and writes the pooled report of its runs (``utils/report.py``) to
+says what became of every run, and writes the pooled report of its runs (``utils/report/``) to
 ``<out>/report``.
 """
 import argparse
