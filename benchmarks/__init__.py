@@ -1,1 +1,2 @@
-"""Speed benchmarks and the straightforward reference implementations they compare against."""
+"""Speed benchmarks; the straightforward reference they compare against, and the fake data they
+run on, are the tests' (``tests/support/``)."""

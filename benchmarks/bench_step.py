@@ -8,7 +8,7 @@ variant unless ``--variant official`` (the script's) is given, it times:
 
 - ``plain``: one ordinary supervised step, BCE over all 100 seen classes, on a batch of 128;
 - ``itaml``: ``MetaLearner.meta_step`` on a batch of 128 holding 1, 5 or 10 tasks, r = 1 and 2;
-- ``naive``: the same update written the straightforward way (``benchmarks/naive.py``);
+- ``naive``: the same update written the straightforward way (``tests/support/naive.py``);
 - ``itaml_batched``: ``meta_step`` with ``args.batched_tasks`` (every task's first inner step in one
   padded forward/backward), where the tasks all start from the base (the paper variant);
 - ``eval``: ``evaluate`` (all four protocols) over 10,000 test images at session 9, the adaptation
@@ -41,10 +41,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import train_cifar  # noqa: E402
-from benchmarks.naive import NaiveMetaLearner  # noqa: E402
 from incremental_dataloader import IncrementalData  # noqa: E402
 from learner_task_itaml import MetaLearner, make_optimizer  # noqa: E402
 from resnet import ReducedResNet18  # noqa: E402
+from tests.support.naive import NaiveMetaLearner  # noqa: E402
 from utils.config import check_args  # noqa: E402
 from utils.data.memory import ReplayMemory  # noqa: E402
 from utils.data.sources import Source, TensorData, Tensors  # noqa: E402

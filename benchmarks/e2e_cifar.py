@@ -21,10 +21,9 @@ from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import fake_data  # noqa: E402  (tests/fake_data.py: the real formats' writers)
 import train_cifar  # noqa: E402
+from tests.support import fake_data  # noqa: E402  (the real formats' writers)
 from utils.run import overrides  # noqa: E402
 from utils.run.session import run  # noqa: E402
 

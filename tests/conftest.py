@@ -1,20 +1,17 @@
 import os
 import sys
-from types import SimpleNamespace
 
 import pytest
 
+# tests/ is a package, so pytest puts the repository root first on sys.path itself (its default
+# "prepend" import mode) and imports the test files as tests.test_<module>; this line keeps the
+# root there under the other import modes too. tests/ itself is never on sys.path: the shared
+# fixtures are imported as tests.support.<module>.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-
-def make_cfg(**over):
-    """A checked config for unit tests (a digits-sized run unless overridden)."""
-    from utils.config import check_args
-    import train_digits
-    fields = {k: getattr(train_digits.args, k) for k in dir(train_digits.args) if not k.startswith("_")}
-    fields.update(over)
-    return check_args(SimpleNamespace(**fields))
+from tests.support.cfg import make_cfg  # noqa: E402
 
 
 @pytest.fixture

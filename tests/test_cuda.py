@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import fake_data as F
 import learner_task_itaml as L
 import train_cifar
 import train_digits
 from resnet import ReducedResNet18
+from tests.support import fake_data as F
 from utils.run.session import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

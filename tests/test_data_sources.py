@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import data_sources as S
-import fake_data as F
 import utils.data.augmentation as A
 import utils.data.readers as R
 from incremental_dataloader import IncrementalData
+from tests.support import fake_data as F
 from utils.errors import ConfigError
 
 

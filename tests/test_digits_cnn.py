@@ -46,7 +46,7 @@ def blurred(x):
 
 @pytest.fixture(scope="module")
 def sources():
-    from conftest import make_cfg
+    from tests.support.cfg import make_cfg
     return R.load_digits32(make_cfg(dataset="digits32")), R.load_digits(make_cfg())
 
 

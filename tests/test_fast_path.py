@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-import fake_data as F
 import learner_task_itaml as L
 import utils.data.augmentation as A
 import utils.data.sources as SRC
 import utils.fast.device as DV
 import utils.inference as I
-from benchmarks.naive import NaiveMetaLearner, naive_evaluate
 from incremental_dataloader import IncrementalData
 from resnet import ReducedResNet18
+from tests.support import fake_data as F
+from tests.support.naive import NaiveMetaLearner, naive_evaluate
 from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError
 from utils.fast.gpu_data import TensorBatches

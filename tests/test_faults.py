@@ -1,10 +1,10 @@
 """Killed runs: SIGKILL mid-training and mid-write, and Ctrl-C, then resume; and same seed, same run.
 
-Every run is a process of its own: forked by tests/fault_runner.py's server, which kills it at a
-moment it picks, or a copy of train_digits.py run as a user runs it, signalled from outside. After
-each fault the test resumes where the files say, then checks that the finished sessions' files are
-byte for byte what they were before the resume, that no half-written file is left, and that every
-session's record (all but times and paths), model and memory equal an uninterrupted run's.
+Every run is a process of its own: forked by tests/support/fault_runner.py's server, which kills it
+at a moment it picks, or a copy of train_digits.py run as a user runs it, signalled from outside.
+After each fault the test resumes where the files say, then checks that the finished sessions' files
+are byte for byte what they were before the resume, that no half-written file is left, and that
+every session's record (all but times and paths), model and memory equal an uninterrupted run's.
 """
 import hashlib
 import json
@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from fault_runner import SHRUNK, shrunk_args
+from tests.support.fault_runner import SHRUNK, shrunk_args
 from utils.files import TEMPORARY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNNER = os.path.join(ROOT, "tests", "fault_runner.py")
+RUNNER = os.path.join(ROOT, "tests", "support", "fault_runner.py")
 # One thread: runs of this suite and other jobs share the cores without OpenMP threads spinning
 # against each other, and every run does its sums in the same order.
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -85,7 +85,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def runner(server, tmp_path_factory):
-    """runner(folder, start, *options): a run as `python3 tests/fault_runner.py folder start
+    """runner(folder, start, *options): a run as `python3 tests/support/fault_runner.py folder start
     options…` would make it, as a CompletedProcess (stdout holds stdout and stderr)."""
     def run(folder, start, *options):
         output = str(tmp_path_factory.mktemp("output") / "output.txt")

@@ -9,7 +9,7 @@ import incremental_dataloader as D
 import utils.data.memory as MEM
 import utils.data.readers as R
 import utils.data.sources as SRC
-from fake_data import write_fake_mnist
+from tests.support.fake_data import write_fake_mnist
 from utils.errors import ConfigError
 
 

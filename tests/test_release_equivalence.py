@@ -1,12 +1,13 @@
 """Our shipped ``official`` training step against the authors' own code (github brjathu/iTAML).
 
 Set ``ITAML_RELEASE`` to a checkout of the release to run these; without it they are skipped. For
-each case, ``tests/release_runner.py`` (a process of its own, since the release's module names clash
-with ours) builds the release's network, runs one epoch of its ``Learner.train`` over a few float64
-mini-batches and keeps the weights before and after. Here our network loads the release's initial
-weights (``resnet.load_release_state_dict``) and our ``MetaLearner``, configured by the shipped
-``train_<dataset>.py`` with its per-session settings, takes the same mini-batches. The learning
-rate, β and optimizer the release used are written out below from its scripts, not taken from ours.
+each case, ``tests/support/release_runner.py`` (a process of its own, since the release's module
+names clash with ours) builds the release's network, runs one epoch of its ``Learner.train`` over a
+few float64 mini-batches and keeps the weights before and after. Here our network loads the
+release's initial weights (``resnet.load_release_state_dict``) and our ``MetaLearner``, configured
+by the shipped ``train_<dataset>.py`` with its per-session settings, takes the same mini-batches.
+The learning rate, β and optimizer the release used are written out below from its scripts, not
+taken from ours.
 
 The release's RAdam casts gradients and weights to float32 inside its step (a no-op in the float32
 training that made the paper's numbers); the runner makes those casts identities for the exact
@@ -23,7 +24,7 @@ from learner_task_itaml import MetaLearner, lr_at
 from resnet import build_network, load_release_state_dict
 from utils.config import check_args, for_session
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "release_runner.py")
 RELEASE = os.environ.get("ITAML_RELEASE")
 pytestmark = pytest.mark.skipif(
     not RELEASE, reason="set ITAML_RELEASE to a checkout of github.com/brjathu/iTAML to compare our "
@@ -84,8 +85,8 @@ def release_results(tmp_path_factory):
     cases = {name: make_case(name) for name in CASES}
     torch.save(cases, folder / "cases.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, os.path.join(HERE, "release_runner.py"), RELEASE,
-                           str(folder / "cases.pt"), str(folder / "out.pt")],
+    done = subprocess.run([sys.executable, RUNNER, RELEASE, str(folder / "cases.pt"),
+                           str(folder / "out.pt")],
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return cases, torch.load(folder / "out.pt", weights_only=False)

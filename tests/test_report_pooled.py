@@ -9,8 +9,8 @@ import warnings
 import pandas as pd
 import pytest
 from PIL import Image
-from tests.test_report import TABLES, write_run
 
+from tests.support.fake_runs import TABLES, write_run
 from utils.errors import ConfigError
 from utils.report import metrics, plots
 from utils.report import runs as report_runs

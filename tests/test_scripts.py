@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import fake_data as F
 from resnet import CelebResNet18, ReducedResNet18, ResNet18, build_network
+from tests.support import fake_data as F
 from utils.config import check_args
 from utils.data.augmentation import image_size
 from utils.run.session import run

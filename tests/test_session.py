@@ -248,7 +248,7 @@ def test_demo_script_reaches_the_promised_accuracy(tmp_path):
 def test_mnist_run_through_the_real_files(tmp_path):
     """Two sessions of train_mnist.py's args on a tiny MNIST written in its idx format."""
     import train_mnist
-    from fake_data import write_fake_mnist
+    from tests.support.fake_data import write_fake_mnist
     write_fake_mnist(tmp_path / "data", per_class_train=6, per_class_test=3)
 
     class args(train_mnist.args):

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from fault_runner import shrunk_args
+from tests.support.fault_runner import shrunk_args
 from utils.run.session import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "support", "torchrun_digits.py")
 DEADLINE_S = 300  # both ranks share two busy cores; a hung collective call fails here, not forever
 
 
@@ -26,7 +27,7 @@ def torchrun(folder, start):
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-               os.path.join(ROOT, "tests", "torchrun_digits.py"), str(folder), str(start)]
+               SCRIPT, str(folder), str(start)]
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=DEADLINE_S)

@@ -1,23 +1,23 @@
 """The demo's `train_digits.py`, shrunk, as one rank of a torchrun job (for test_torchrun.py).
 
-    python3 -m torch.distributed.run --nproc_per_node=2 tests/torchrun_digits.py FOLDER START
+    python3 -m torch.distributed.run --nproc_per_node=2 \
+        tests/support/torchrun_digits.py FOLDER START
 
-FOLDER receives results/ and models/ as for tests/fault_runner.py, plus ranks/: for every rank, one
-line a finished session with the SHA-256 of its parameters and buffers (rank<r>.sessions), every file
-path the rank wrote (rank<r>.writes), and how many mini-batches of each session held a task in the
-global batch but not in this rank's shard (rank<r>.absent).
+FOLDER receives results/ and models/ as for tests/support/fault_runner.py, plus ranks/: for every
+rank, one line a finished session with the SHA-256 of its parameters and buffers (rank<r>.sessions),
+every file path the rank wrote (rank<r>.writes), and how many mini-batches of each session held a
+task in the global batch but not in this rank's shard (rank<r>.absent).
 """
 import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fault_runner import shrunk_args  # noqa: E402
-from utils import files  # noqa: E402
 import learner_task_itaml  # noqa: E402
+from tests.support.fault_runner import shrunk_args  # noqa: E402
+from utils import files  # noqa: E402
 from utils.fast import distributed  # noqa: E402
 from utils.run import session  # noqa: E402
 

@@ -1,9 +1,10 @@
 """Runs the authors' release (github brjathu/iTAML) on the cases tests/test_release_equivalence.py
-writes, in a process of its own: ``python3 release_runner.py RELEASE_DIR CASES OUT``.
+writes, in a process of its own: ``python3 tests/support/release_runner.py RELEASE_DIR CASES OUT``.
 
 The release's modules are imported from RELEASE_DIR as they are (its ``utils``, ``resnet`` and
-``learner_task_itaml`` would clash with ours, hence the separate process). Two things are changed
-for the run, both here and in this process only:
+``learner_task_itaml`` would clash with ours, hence the separate process, which imports nothing of
+ours and takes our repository's folders off ``sys.path``). Two things are changed for the run, both
+here and in this process only:
   - ``.cuda()`` returns its tensor or module unchanged, so the release runs on the CPU;
   - with ``exact_optimizer`` set, the ``.float()`` casts inside its RAdam's ``step`` return their
     tensor unchanged. They are no-ops in the float32 training that made the paper's numbers; in this
@@ -20,6 +21,11 @@ import sys
 from types import SimpleNamespace
 
 import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Where a module of ours could be found by the release's names: the root, and tests/ and
+# tests/support/ (this script's folder, first on sys.path when it runs).
+OURS = {os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE), HERE}
 
 
 def make_cuda_a_no_op():
@@ -72,10 +78,14 @@ def run_case(case, basic_net, learner_module):
     return out
 
 
-def main(release_dir, cases_file, out_file):
+def release_first(release_dir):
+    """RELEASE_DIR first on sys.path, and none of our folders on it ("" is the working folder)."""
     sys.path[:] = [os.path.abspath(release_dir)] + [p for p in sys.path
-                                                    if os.path.abspath(p or ".") != os.path.dirname(
-                                                        os.path.abspath(__file__))]
+                                                    if os.path.abspath(p or ".") not in OURS]
+
+
+def main(release_dir, cases_file, out_file):
+    release_first(release_dir)
     make_cuda_a_no_op()
     import basic_net
     import learner_task_itaml

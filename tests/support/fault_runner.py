@@ -1,7 +1,7 @@
 """The demo's `train_digits.py`, shrunk, that can kill itself at a chosen moment (for test_faults.py).
 
-    python3 tests/fault_runner.py FOLDER START [FAULT] [seed=N]
-    python3 tests/fault_runner.py --serve
+    python3 tests/support/fault_runner.py FOLDER START [FAULT] [seed=N]
+    python3 tests/support/fault_runner.py --serve
 
 FOLDER receives results/ (args.checkpoint) and models/ (args.savepoint); START is the task to start
 from, as for train_digits.py. FAULT picks the moment of a SIGKILL:
@@ -21,7 +21,8 @@ import signal
 import sys
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as a script, its own folder (tests/support/) is on sys.path, not the root the code is in.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 import train_digits  # noqa: E402
