@@ -341,7 +341,9 @@ class MetaLearner:
 
     def meta_step(self, x, y):
         """One mini-batch of Alg. 1; returns the mean over tasks of the last inner-step loss, as a
-        0-d tensor. ``y`` may stay on the host: the task split is planned there."""
+        0-d tensor, or None where this rank's shard of the batch holds no sample (under torchrun:
+        it still takes part in the update). ``y`` may stay on the host: the task split is planned
+        there."""
         x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
         tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
         # Under torchrun: which ranks hold which task of the global batch (one tiny all-reduce).
@@ -364,7 +366,7 @@ class MetaLearner:
                 running.copy_(base_running.lerp_(fast_running, self.eta))
         # BatchNorm's step counters count each rank's own inner steps: take rank 0's.
         distributed.broadcast_tensors_(distributed.counters(self.model), self.ctx)
-        return torch.stack(losses).double().mean()
+        return torch.stack(losses).double().mean() if losses else None
 
     @torch.no_grad()
     def _batch_forward(self, x):
@@ -450,8 +452,11 @@ class MetaLearner:
             for epoch in bar:
                 self.model.train()
                 self.set_lr(lr_at(self.cfg, epoch))
-                losses = [self.meta_step(x, y) for x, y in loader]
-                loss = self._end_epoch(torch.stack(losses).mean(), epoch)
+                losses = [loss for loss in (self.meta_step(x, y) for x, y in loader)
+                          if loss is not None]
+                mean = torch.stack(losses).mean() if losses else torch.zeros((), dtype=torch.float64,
+                                                                              device=self.device)
+                loss = self._end_epoch(mean, epoch)
                 self.epoch_losses.append(loss)
                 if selection is not None:
                     selection.after_epoch(epoch, test_accuracy(), self.model)

@@ -170,7 +170,8 @@ def _step(key, rank, ctx):
     loss, error = None, None
     try:
         with weighted_by(weighting):
-            loss = float(meta_step(net, x, y, ctx, variant))
+            loss = meta_step(net, x, y, ctx, variant)
+            loss = None if loss is None else float(loss)
     except Exception:
         error = traceback.format_exc()
     return {"state": {k: v.detach().clone() for k, v in net.state_dict().items()},
