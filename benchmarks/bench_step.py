@@ -1,29 +1,36 @@
 """How close iTAML's meta-training step and inference come to plain training, on CIFAR-shaped data.
 
-    python3 benchmarks/bench_step.py [--device cuda] [--reps 3] [--json bench.json]
+    python3 benchmarks/bench_step.py [--device cuda] [--reps 3] [--batched] [--json bench.json]
 
 In one process, on synthetic 3×32×32 images, 100 classes, 10 a task, and the CIFAR network
-(``resnet.ReducedResNet18``) with ``train_cifar.py``'s args, except that the training is the paper's
-variant unless ``--variant official`` (the script's) is given, it times:
+(``resnet.ReducedResNet18``) with ``train_cifar.py``'s args, it times, for both presets (``--presets``:
+``paper``, Alg. 1 as printed, and ``official``, the release's training that ``train_cifar.py`` ships,
+whose extra forward of the whole batch is part of its step):
 
 - ``plain``: one ordinary supervised step, BCE over all 100 seen classes, on a batch of 128;
 - ``itaml``: ``MetaLearner.meta_step`` on a batch of 128 holding 1, 5 or 10 tasks, r = 1 and 2;
 - ``naive``: the same update written the straightforward way (``tests/support/naive.py``);
 - ``itaml_batched``: ``meta_step`` with ``args.batched_tasks`` (every task's first inner step in one
-  padded forward/backward), where the tasks all start from the base (the paper variant);
+  padded forward/backward), where the tasks all start from the base (the paper preset), and only
+  where it can pay: on a GPU, or with ``--batched`` (on the CPU its padding costs many plain steps
+  and gigabytes of memory);
 - ``eval``: ``evaluate`` (all four protocols) over 10,000 test images at session 9, the adaptation
   on the 2,000 exemplars included, against one plain forward pass over the same images.
 
 A batch with n tasks is drawn from the training pool of session n − 1 of CIFAR-100 10×10: the new
 task's 5,000 images and 2,000 exemplars spread over the earlier tasks, so most of it is the new task
 and the earlier tasks hold a few samples each, as in a real run. Repetitions are interleaved, each
-case's iTAML, naive and batched steps timed right after a plain step, and every ratio is the median
-over the repetitions of the ratio within one repetition, which cancels most of a shared machine's
-drift.
-The full-run estimate scales the measured times to the 70 epochs of every session.
+case's steps of both presets timed right after a plain step, and every ratio is the median over the
+repetitions of the ratio within one repetition, which cancels most of a shared machine's drift.
+The JSON keeps each preset's ratios under ``presets`` and the process's peak resident memory
+(``peak_rss_mb``). The full-run estimate scales the measured times of ``train_cifar.py``'s preset
+(official) to the 70 epochs of every session.
 """
 import argparse
+import contextlib
 import copy
+import ctypes
+import gc
 import json
 import math
 import os
@@ -73,9 +80,11 @@ def parse(argv):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--amp", action="store_true", help="args.amp: bf16 autocast (GPU only)")
     p.add_argument("--compile", action="store_true", help="args.compile (GPU only)")
-    p.add_argument("--variant", choices=("paper", "official"), default="paper",
-                   help="the training to time (default: paper, whose tasks all start from the "
-                        "base; train_cifar.py ships official)")
+    p.add_argument("--presets", default="paper,official",
+                   help="the trainings to time, comma-separated (default: both; train_cifar.py "
+                        "ships official)")
+    p.add_argument("--batched", action="store_true",
+                   help="also time args.batched_tasks on the CPU (on a GPU it is always timed)")
     p.add_argument("--no-channels-last", action="store_true",
                    help="args.channels_last = False (train_cifar.py ships True)")
     # Smaller sizes for the test of this script; the defaults are the issue's.
@@ -86,12 +95,24 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def make_cfg(opts):
+def make_cfg(opts, variant="official"):
     over = dict(device=opts.device, amp=opts.amp, compile=opts.compile, num_workers=0,
                 channels_last=not opts.no_channels_last, memory=opts.memory,
-                gpu_data=opts.device.startswith("cuda"), train_batch=opts.batch,
-                variant=opts.variant)
+                gpu_data=opts.device.startswith("cuda"), train_batch=opts.batch, variant=variant)
     return check_args(type("args", (train_cifar.args,), over))
+
+
+def presets(opts):
+    names = [name.strip() for name in opts.presets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("paper", "official")]
+    if unknown or not names:
+        raise ConfigError(f"--presets {opts.presets!r} must name paper, official or both.")
+    return names
+
+
+def time_batched(opts):
+    """The batched step is timed where it can pay, a GPU, or when asked for."""
+    return opts.batched or torch.device(opts.device).type == "cuda"
 
 
 def synced(device):
@@ -140,36 +161,45 @@ class Plain:
         self.opt.step()
 
 
-def step_cases(cfg, device, opts, model):
-    """Every (tasks, r) case: its batch, our learner, the naive one and, where the tasks all start
-    from the base, our learner with ``batched_tasks`` (else None), each on its own copy."""
+def step_cases(cfgs, device, opts, model):
+    """The plain step, and every (tasks, r) case one after another: its name and, for every
+    preset, our learner, the naive one and, where the tasks all start from the base and the
+    batched step is timed, our learner with ``batched_tasks`` (else None), each on its own copy of
+    the model. Made one case at a time, so a case's learners are gone before the next's exist."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(opts.batch, 3, opts.image_size, opts.image_size, generator=generator)
-    cases = {}
-    for tasks in TASK_COUNTS:
-        y = session_batch(cfg, tasks, opts.batch, generator)
-        for r in R_VALUES:
-            case_cfg = copy.copy(cfg)
-            case_cfg.r = r
-            ours = MetaLearner(copy.deepcopy(model).train(), case_cfg, tasks - 1, device)
-            plain_cfg = copy.copy(case_cfg)
-            plain_cfg.channels_last = plain_cfg.amp = plain_cfg.compile = False
-            naive = NaiveMetaLearner(copy.deepcopy(model).train(), plain_cfg, tasks - 1)
-            batched = batched_learner(model, case_cfg, tasks - 1, device)
-            xd, yd = x.to(device), y.to(device)
-            cases[f"tasks{tasks}_r{r}"] = (  # ours plans its task split from host labels
-                lambda ours=ours, xd=xd, y=y: ours.meta_step(xd, y).item(),
-                lambda naive=naive, xd=xd, yd=yd: naive.meta_step(xd, yd),
-                None if batched is None else
-                lambda batched=batched, xd=xd, y=y: batched.meta_step(xd, y).item())
-    plain = Plain(copy.deepcopy(model), cfg, device, cfg.num_class)
-    xp = to_input(x, cfg, device)
-    yp = torch.randint(cfg.num_class, (opts.batch,), generator=generator).to(device)
-    return cases, lambda: plain.step(xp, yp)
+    any_cfg = next(iter(cfgs.values()))
+    labels = {tasks: session_batch(any_cfg, tasks, opts.batch, generator) for tasks in TASK_COUNTS}
+    plain = Plain(copy.deepcopy(model), any_cfg, device, any_cfg.num_class)
+    xp = to_input(x, any_cfg, device)
+    yp = torch.randint(any_cfg.num_class, (opts.batch,), generator=generator).to(device)
+
+    def cases():
+        for tasks in TASK_COUNTS:
+            y = labels[tasks]
+            for r in R_VALUES:
+                yield f"tasks{tasks}_r{r}", {preset: _preset_steps(cfg, r, tasks, model, x, y,
+                                                                   device, opts)
+                                             for preset, cfg in cfgs.items()}
+    return cases(), lambda: plain.step(xp, yp)
+
+
+def _preset_steps(cfg, r, tasks, model, x, y, device, opts):
+    case_cfg = copy.copy(cfg)
+    case_cfg.r = r
+    ours = MetaLearner(copy.deepcopy(model).train(), case_cfg, tasks - 1, device)
+    plain_cfg = copy.copy(case_cfg)
+    plain_cfg.channels_last = plain_cfg.amp = plain_cfg.compile = False
+    naive = NaiveMetaLearner(copy.deepcopy(model).train(), plain_cfg, tasks - 1)
+    batched = batched_learner(model, case_cfg, tasks - 1, device) if time_batched(opts) else None
+    xd, yd = x.to(device), y.to(device)
+    return (lambda: ours.meta_step(xd, y).item(),  # ours plans its task split from host labels
+            lambda: naive.meta_step(xd, yd),
+            None if batched is None else lambda: batched.meta_step(xd, y).item())
 
 
 def batched_learner(model, cfg, session, device):
-    """Our learner with ``batched_tasks`` on its own copy, or None where the variant's tasks start
+    """Our learner with ``batched_tasks`` on its own copy, or None where the preset's tasks start
     from the previous task's weights (they cannot run together)."""
     if cfg.task_start != "base":
         return None
@@ -178,32 +208,45 @@ def batched_learner(model, cfg, session, device):
     return MetaLearner(copy.deepcopy(model).train(), batched_cfg, session, device)
 
 
-def bench_steps(cfg, device, opts, model):
-    cases, plain = step_cases(cfg, device, opts, model)
+def bench_steps(cfgs, device, opts, model):
+    """Median seconds of every step ({"plain": s, preset: {"itaml_<case>": s, ...}}) and each
+    preset's ratios ({preset: {ratio: {case: median}}}). Case by case: its steps warmed up once,
+    then each repetition times a plain step and, right after it, every preset's steps."""
+    cases, plain = step_cases(cfgs, device, opts, model)
     plain()
-    for steps in cases.values():  # warm-up: optimizer states, kernels, compilation
-        for step in filter(None, steps):
-            step()
-    times = {"plain": [], **{f"{kind}_{c}": [] for kind in ("itaml", "naive", "itaml_batched")
-                             for c in cases}}
-    ratios = {key: {c: [] for c in cases} for key in RATIOS}
-    r_of = {c: int(c.rsplit("_r", 1)[1]) for c in cases}
-    for _ in range(opts.reps):
-        for case, (ours, naive, batched) in cases.items():
-            tp, ti, tn = timed(plain, device), timed(ours, device), timed(naive, device)
-            tb = None if batched is None else timed(batched, device)
-            for kind, t in (("plain", tp), ("itaml", ti), ("naive", tn), ("itaml_batched", tb)):
-                if t is not None:
-                    times[kind if kind == "plain" else f"{kind}_{case}"].append(t)
-            ratios["ratio_itaml_vs_plain"][case].append(ti / (r_of[case] * tp))
-            ratios["speedup_vs_naive"][case].append(tn / ti)
-            ratios["ratio_naive_vs_plain"][case].append(tn / (r_of[case] * tp))
-            if tb is not None:
-                ratios["ratio_batched_vs_plain"][case].append(tb / (r_of[case] * tp))
-                ratios["speedup_batched_vs_loop"][case].append(ti / tb)
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    return med, {key: {c: statistics.median(v) for c, v in d.items() if v}
-                 for key, d in ratios.items()}
+    plain_times = []
+    times = {p: {} for p in cfgs}
+    ratios = {p: {key: {} for key in RATIOS} for p in cfgs}
+    for case, steps in cases:
+        r = int(case.rsplit("_r", 1)[1])
+        for preset_steps in steps.values():  # warm-up: optimizer states, kernels, compilation
+            for step in filter(None, preset_steps):
+                step()
+        got = {p: {key: [] for key in RATIOS} for p in cfgs}
+        took = {p: {} for p in cfgs}
+        for _ in range(opts.reps):
+            tp = timed(plain, device)
+            plain_times.append(tp)
+            for preset, (ours, naive, batched) in steps.items():
+                ti, tn = timed(ours, device), timed(naive, device)
+                tb = None if batched is None else timed(batched, device)
+                for kind, t in (("itaml", ti), ("naive", tn), ("itaml_batched", tb)):
+                    if t is not None:
+                        took[preset].setdefault(f"{kind}_{case}", []).append(t)
+                got[preset]["ratio_itaml_vs_plain"].append(ti / (r * tp))
+                got[preset]["speedup_vs_naive"].append(tn / ti)
+                got[preset]["ratio_naive_vs_plain"].append(tn / (r * tp))
+                if tb is not None:
+                    got[preset]["ratio_batched_vs_plain"].append(tb / (r * tp))
+                    got[preset]["speedup_batched_vs_loop"].append(ti / tb)
+        for preset in cfgs:
+            times[preset].update({k: statistics.median(v) for k, v in took[preset].items()})
+            for key, values in got[preset].items():
+                if values:
+                    ratios[preset][key][case] = statistics.median(values)
+        del steps
+        release_memory()  # this case's learners, optimizers and graphs
+    return {"plain": statistics.median(plain_times), **times}, ratios
 
 
 # ---------------------------------------------------------------- inference
@@ -270,23 +313,33 @@ def full_run_hours(cfg, med, forward_s, eval_s, test_images):
 
 
 def table(med, ratios, forward_s, eval_s, eval_ratio):
-    rows = [f"{'case':<14}{'plain s':>10}{'itaml s':>10}{'naive s':>10}{'itaml_batched s':>17}"
-            f"{'itaml/(r·plain)':>17}{'naive/itaml':>13}{'naive/(r·plain)':>17}"
-            f"{'batched/(r·plain)':>19}{'itaml/batched':>15}"]
+    rows = [f"{'preset':<10}{'case':<14}{'plain s':>10}{'itaml s':>10}{'naive s':>10}"
+            f"{'itaml_batched s':>17}{'itaml/(r·plain)':>17}{'naive/itaml':>13}"
+            f"{'naive/(r·plain)':>17}{'batched/(r·plain)':>19}{'itaml/batched':>15}"]
 
-    def cell(value, width):  # "-" where the variant has no batched step
+    def cell(value, width):  # "-" where the preset has no batched step, or it was not timed
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
-    for case in ratios["ratio_itaml_vs_plain"]:
-        rows.append(f"{case:<14}{med['plain']:>10.3f}{med['itaml_' + case]:>10.3f}"
-                    f"{med['naive_' + case]:>10.3f}{cell(med.get('itaml_batched_' + case), 17)}"
-                    f"{ratios['ratio_itaml_vs_plain'][case]:>17.3f}"
-                    f"{ratios['speedup_vs_naive'][case]:>13.3f}"
-                    f"{ratios['ratio_naive_vs_plain'][case]:>17.3f}"
-                    f"{cell(ratios['ratio_batched_vs_plain'].get(case), 19)}"
-                    f"{cell(ratios['speedup_batched_vs_loop'].get(case), 15)}")
+    for preset, got in ratios.items():
+        sec = med[preset]
+        for case in got["ratio_itaml_vs_plain"]:
+            rows.append(f"{preset:<10}{case:<14}{med['plain']:>10.3f}{sec['itaml_' + case]:>10.3f}"
+                        f"{sec['naive_' + case]:>10.3f}{cell(sec.get('itaml_batched_' + case), 17)}"
+                        f"{got['ratio_itaml_vs_plain'][case]:>17.3f}"
+                        f"{got['speedup_vs_naive'][case]:>13.3f}"
+                        f"{got['ratio_naive_vs_plain'][case]:>17.3f}"
+                        f"{cell(got['ratio_batched_vs_plain'].get(case), 19)}"
+                        f"{cell(got['speedup_batched_vs_loop'].get(case), 15)}")
     rows.append(f"eval at session 9: {eval_s:.2f} s, one forward pass {forward_s:.2f} s, "
                 f"ratio {eval_ratio:.3f}")
     return "\n".join(rows)
+
+
+def release_memory():
+    """Hand freed memory back to the system, so that the evaluation's peak does not stack on what
+    the allocator kept of the training steps' (glibc keeps freed blocks otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def device_name(device):
@@ -301,34 +354,39 @@ def main(argv=None):
     if opts.threads:
         torch.set_num_threads(opts.threads)
     try:
-        cfg = make_cfg(opts)
+        cfgs = {preset: make_cfg(opts, preset) for preset in presets(opts)}
     except ConfigError as e:  # e.g. --device cuda without a GPU: one sentence, as the scripts do
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     device = torch.device(opts.device)
     torch.manual_seed(0)
-    model = ReducedResNet18((3, opts.image_size, opts.image_size), cfg.num_class).to(device)
-    med, ratios = bench_steps(cfg, device, opts, model)
-    forward_s, eval_s, eval_ratio, test_images = bench_eval(cfg, device, opts, model)
+    any_cfg = next(iter(cfgs.values()))
+    model = ReducedResNet18((3, opts.image_size, opts.image_size), any_cfg.num_class).to(device)
+    med, ratios = bench_steps(cfgs, device, opts, model)
+    release_memory()  # the steps' learners and graphs are gone: give their memory back first
+    forward_s, eval_s, eval_ratio, test_images = bench_eval(any_cfg, device, opts, model)
     print(table(med, ratios, forward_s, eval_s, eval_ratio))
+    shipped = "official" if "official" in cfgs else next(iter(cfgs))  # train_cifar.py's preset
     result = {
-        **ratios,  # the batched ones empty in the official variant, whose tasks cannot run together
+        "presets": {p: {**ratios[p], "seconds": med[p]} for p in cfgs},
         "ratio_eval_vs_forward": eval_ratio,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": device_name(device),
-        "seconds": med, "eval_seconds": eval_s, "forward_seconds": forward_s,
+        "seconds": {"plain": med["plain"]}, "eval_seconds": eval_s, "forward_seconds": forward_s,
         "test_images": test_images,
-        "estimated_full_cifar100_run_hours": full_run_hours(cfg, med, forward_s, eval_s,
-                                                            test_images),
-        "settings": {"batch": opts.batch, "reps": opts.reps, "channels_last": cfg.channels_last,
-                     "amp": cfg.amp, "compile": cfg.compile, "gpu_data": cfg.gpu_data,
-                     "optimizer": cfg.optimizer, "variant": cfg.variant,
-                     "torch": torch.__version__},
+        "estimated_full_cifar100_run_hours": full_run_hours(any_cfg, med[shipped], forward_s,
+                                                            eval_s, test_images),
+        "estimate_preset": shipped,
+        "settings": {"batch": opts.batch, "reps": opts.reps, "channels_last": any_cfg.channels_last,
+                     "amp": any_cfg.amp, "compile": any_cfg.compile, "gpu_data": any_cfg.gpu_data,
+                     "optimizer": any_cfg.optimizer, "presets": list(cfgs),
+                     "batched": time_batched(opts), "torch": torch.__version__},
     }
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    print(f"estimated full CIFAR-100 run (10 sessions × {cfg.epochs} epochs): "
-          f"{result['estimated_full_cifar100_run_hours']:.1f} h")
+    print(f"estimated full CIFAR-100 run (10 sessions × {any_cfg.epochs} epochs, {shipped}): "
+          f"{result['estimated_full_cifar100_run_hours']:.1f} h; peak resident memory "
+          f"{result['peak_rss_mb']:.0f} MB")
     if opts.json:
         with open(opts.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

@@ -40,10 +40,15 @@ def test_results(folder):
             - counts["skipped"], "failed": failed}
 
 
+def preset(bench, name):
+    """One preset's part of a bench_step.py result ({} where it was not timed)."""
+    return ((bench or {}).get("presets") or {}).get(name) or {}
+
+
 def targets(benches, e2e):
     """Each target's measured value (None where the step left nothing) and whether it holds."""
     fp32 = benches.get("fp32") or {}
-    batched = (fp32.get("ratio_batched_vs_plain") or {}).get(CASE)
+    batched = (preset(fp32, "paper").get("ratio_batched_vs_plain") or {}).get(CASE)
     estimates = [e["estimated_full_cifar100_run_minutes"] for e in (e2e or {}).values()]
     measured = {"batched 10-task step ÷ plain step (fp32)": batched,
                 "evaluation at session 9 ÷ one forward pass": fp32.get("ratio_eval_vs_forward"),
@@ -65,18 +70,24 @@ def markdown(device, tests, benches, e2e, checked):
         lines += [f"tests/test_cuda.py: {tests['passed']} passed, {tests['failures']} failed, "
                   f"{tests['errors']} errors, {tests['skipped']} skipped"
                   + (f" (failed: {', '.join(tests['failed'])})" if tests["failed"] else ""), ""]
-    lines += ["| benchmark | itaml/(r·plain), 10 tasks r = 1 | batched/(r·plain) | naive/itaml | "
-              "eval ÷ forward | plain step s | estimated full run, min |", "|---|---|---|---|---|---|---|"]
+    lines += ["| benchmark | itaml/(r·plain), 10 tasks r = 1: paper / official | "
+              "batched/(r·plain), paper | naive/itaml, paper / official | eval ÷ forward | "
+              "plain step s | estimated full run, min |", "|---|---|---|---|---|---|---|"]
     for name in BENCHES:
         b = benches.get(name)
         if b is None:
             lines.append(f"| {name} | missing | | | | | |")
             continue
+        paper, official = preset(b, "paper"), preset(b, "official")
+
+        def at(part, key):
+            return (part.get(key) or {}).get(CASE)
         lines.append(
-            f"| {name} | {_num(b['ratio_itaml_vs_plain'][CASE])} | "
-            f"{_num((b.get('ratio_batched_vs_plain') or {}).get(CASE))} | "
-            f"{_num(b['speedup_vs_naive'][CASE])} | {_num(b['ratio_eval_vs_forward'])} | "
-            f"{_num(b['seconds']['plain'], 4)} | "
+            f"| {name} | {_num(at(paper, 'ratio_itaml_vs_plain'))} / "
+            f"{_num(at(official, 'ratio_itaml_vs_plain'))} | "
+            f"{_num(at(paper, 'ratio_batched_vs_plain'))} | "
+            f"{_num(at(paper, 'speedup_vs_naive'))} / {_num(at(official, 'speedup_vs_naive'))} | "
+            f"{_num(b['ratio_eval_vs_forward'])} | {_num(b['seconds']['plain'], 4)} | "
             f"{_num(b['estimated_full_cifar100_run_hours'] * 60, 1)} |")
     lines += ["", "| end to end (2 sessions × 2 epochs, fake CIFAR-100) | wall s | train s, session 1 "
               "| eval s, session 1 | estimated full run, min |", "|---|---|---|---|---|"]

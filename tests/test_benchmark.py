@@ -15,42 +15,66 @@ RATIOS = ("ratio_itaml_vs_plain", "speedup_vs_naive", "ratio_naive_vs_plain",
 
 
 def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
+    """Both presets timed by default, each with its ratios to a plain step; on the CPU without
+    --batched no batched step is timed (its padding is what filled the machine's memory)."""
     out = tmp_path / "bench.json"
     B.main(TINY + ["--json", str(out)])
     result = json.loads(out.read_text())
-    assert set(result["ratio_itaml_vs_plain"]) == set(result["speedup_vs_naive"]) == CASES
-    assert set(result["ratio_naive_vs_plain"]) == CASES
-    assert set(result["ratio_batched_vs_plain"]) == set(result["speedup_batched_vs_loop"]) == CASES
-    for key in RATIOS:
-        assert all(v > 0 and math.isfinite(v) for v in result[key].values())
-    for case in CASES:  # each a median of the same repetition's ratios (one repetition here)
-        assert result["ratio_naive_vs_plain"][case] == pytest.approx(
-            result["ratio_itaml_vs_plain"][case] * result["speedup_vs_naive"][case])
-        assert result["ratio_itaml_vs_plain"][case] == pytest.approx(
-            result["ratio_batched_vs_plain"][case] * result["speedup_batched_vs_loop"][case])
-        assert result["seconds"][f"itaml_batched_{case}"] > 0
+    assert list(result["presets"]) == ["paper", "official"]
+    for preset in ("paper", "official"):
+        got = result["presets"][preset]
+        assert set(got["ratio_itaml_vs_plain"]) == set(got["speedup_vs_naive"]) == CASES
+        assert set(got["ratio_naive_vs_plain"]) == CASES
+        assert got["ratio_batched_vs_plain"] == got["speedup_batched_vs_loop"] == {}
+        for key in RATIOS[:3]:
+            assert all(v > 0 and math.isfinite(v) for v in got[key].values())
+        for case in CASES:  # each a median of the same repetition's ratios (one repetition here)
+            assert got["ratio_naive_vs_plain"][case] == pytest.approx(
+                got["ratio_itaml_vs_plain"][case] * got["speedup_vs_naive"][case])
+            assert got["seconds"][f"itaml_{case}"] > 0 and got["seconds"][f"naive_{case}"] > 0
+        assert not any(key.startswith("itaml_batched") for key in got["seconds"])
     assert result["ratio_eval_vs_forward"] > 1  # evaluation holds at least one forward pass
     assert result["peak_rss_mb"] > 0 and result["device"].startswith("cpu")
     assert result["test_images"] == 200 and result["estimated_full_cifar100_run_hours"] > 0
-    assert result["settings"]["variant"] == "paper"  # the tables' training, not the script's
+    assert result["estimate_preset"] == "official"  # what train_cifar.py ships
+    assert result["settings"]["presets"] == ["paper", "official"]
+    assert result["settings"]["batched"] is False
     printed = capsys.readouterr().out
-    assert "itaml/(r·plain)" in printed and "naive/(r·plain)" in printed and "tasks10_r2" in printed and "eval at session 9" in printed
-    assert "itaml_batched s" in printed and "batched/(r·plain)" in printed
-    assert "itaml/batched" in printed
+    for words in ("itaml/(r·plain)", "naive/(r·plain)", "tasks10_r2", "eval at session 9",
+                  "official  tasks1_r1", "paper     tasks10_r2", "peak resident memory"):
+        assert words in printed, words
 
 
-def test_the_official_variant_has_no_batched_step(monkeypatch):
-    """Its tasks start from the previous task's weights, so they cannot run together: the batched
-    keys are empty and no batched learner is made (the timing itself is the test above's)."""
+def test_batched_is_timed_when_asked_for_and_only_in_the_paper_preset(monkeypatch):
+    """--batched on the CPU (a GPU times it always): the paper preset's tasks start from the base
+    and run together; the official preset's start from the previous task's weights, so none is
+    made there."""
     made = []
     monkeypatch.setattr(B, "bench_eval", lambda *a: (1.0, 3.0, 3.0, 200))
     real = B.MetaLearner
-    monkeypatch.setattr(B, "MetaLearner", lambda m, cfg, *a: made.append(cfg.batched_tasks)
-                        or real(m, cfg, *a))
-    result = B.main(TINY + ["--variant", "official"])
-    assert result["ratio_batched_vs_plain"] == result["speedup_batched_vs_loop"] == {}
-    assert set(result["ratio_itaml_vs_plain"]) == CASES and made == [False] * len(CASES)
-    assert not any(key.startswith("itaml_batched") for key in result["seconds"])
+    monkeypatch.setattr(B, "MetaLearner", lambda m, cfg, *a: made.append(
+        (cfg.variant, cfg.batched_tasks)) or real(m, cfg, *a))
+    result = B.main(TINY + ["--batched", "--reps", "1"])
+    paper, official = result["presets"]["paper"], result["presets"]["official"]
+    assert set(paper["ratio_batched_vs_plain"]) == set(paper["speedup_batched_vs_loop"]) == CASES
+    for case in CASES:
+        assert paper["ratio_itaml_vs_plain"][case] == pytest.approx(
+            paper["ratio_batched_vs_plain"][case] * paper["speedup_batched_vs_loop"][case])
+        assert paper["seconds"][f"itaml_batched_{case}"] > 0
+    assert official["ratio_batched_vs_plain"] == official["speedup_batched_vs_loop"] == {}
+    assert sorted(set(made)) == [("official", False), ("paper", False), ("paper", True)]
+    assert made.count(("paper", True)) == len(CASES) and result["settings"]["batched"] is True
+
+
+def test_one_preset_alone_and_a_wrong_one(monkeypatch, capsys):
+    monkeypatch.setattr(B, "bench_eval", lambda *a: (1.0, 3.0, 3.0, 200))
+    result = B.main(TINY + ["--presets", "paper"])
+    assert list(result["presets"]) == ["paper"] and result["estimate_preset"] == "paper"
+    with pytest.raises(SystemExit) as stop:
+        B.main(TINY + ["--presets", "reptile"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: --presets 'reptile' must name paper, official or "
+                                       "both.\n")
 
 
 def test_a_batch_of_n_tasks_holds_exactly_n_tasks_mostly_the_new_one():
@@ -111,9 +135,13 @@ def test_the_gpu_summary_checks_each_target_and_names_what_is_missing(tmp_path, 
         '<testsuites><testsuite name="pytest" tests="9" failures="1" errors="0" skipped="0">'
         '<testcase name="test_a"/><testcase name="test_b"><failure message="x"/></testcase>'
         '</testsuite></testsuites>')
-    bench = {"ratio_itaml_vs_plain": {"tasks10_r1": 4.0}, "speedup_vs_naive": {"tasks10_r1": 2.0},
-             "ratio_batched_vs_plain": {"tasks10_r1": 1.2}, "ratio_eval_vs_forward": 3.5,
-             "seconds": {"plain": 0.004}, "estimated_full_cifar100_run_hours": 0.25}
+    bench = {"presets": {
+        "paper": {"ratio_itaml_vs_plain": {"tasks10_r1": 4.0}, "speedup_vs_naive": {"tasks10_r1": 2.0},
+                  "ratio_batched_vs_plain": {"tasks10_r1": 1.2}},
+        "official": {"ratio_itaml_vs_plain": {"tasks10_r1": 5.5},
+                     "speedup_vs_naive": {"tasks10_r1": 1.5}}},
+        "ratio_eval_vs_forward": 3.5, "seconds": {"plain": 0.004},
+        "estimated_full_cifar100_run_hours": 0.25}
     (tmp_path / "bench_fp32.json").write_text(json.dumps(bench))
     (tmp_path / "e2e.json").write_text(json.dumps({"gpu_data": {
         "wall_seconds": 20.0, "estimated_full_cifar100_run_minutes": 18.0,
@@ -129,3 +157,4 @@ def test_the_gpu_summary_checks_each_target_and_names_what_is_missing(tmp_path, 
     assert "Device: NVIDIA H100, torch 2.11" in text and "(failed: test_b)" in text
     assert "| amp | missing |" in text and "| compile | missing |" in text
     assert "| evaluation at session 9 ÷ one forward pass | ≤ 3.0 | 3.50 | **no** |" in text
+    assert "| fp32 | 4.00 / 5.50 | 1.20 | 2.00 / 1.50 | 3.50 | 0.0040 | 15.0 |" in text

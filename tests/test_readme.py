@@ -51,6 +51,7 @@ import pytest
 
 from utils.config import SCHEMA, check_args
 from utils.run import overrides, sweep
+from utils.run.sweep.__main__ import main as sweep_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = "README.md"
@@ -198,10 +199,13 @@ def option(words, name):
 
 
 def handle_sweep(path, rest, monkeypatch, capsys, tmp_path):
+    from utils.run.sweep.__main__ import arguments, check
+    options = arguments().parse_intermixed_args(rest)  # every option as the sweep reads it
+    check(options)
     rest, seeds = option(rest, "--seeds")
     rest, jobs = option(rest, "--jobs")
     rest, out = option(rest, "--out")
-    script, grid = rest[0], rest[1:]
+    script, grid = options.script, options.grid
     # planned: every combination and seed checked as the script would check it, nothing runs
     sweep.plan(script, sweep.parse_grid(grid), sweep.parse_seeds(seeds or "0"),
                str(tmp_path / "sweep"))
@@ -213,7 +217,7 @@ def handle_sweep(path, rest, monkeypatch, capsys, tmp_path):
     first_seed = str(sweep.parse_seeds(seeds or "0")[0])
     argv = [script, *grid, "--seeds", first_seed, "--out", str(tmp_path / "sweep")] + \
         (["--jobs", jobs] if jobs else [])
-    assert call_main(lambda: sweep.main(argv), ["utils.run.sweep"] + argv, monkeypatch) == 0, \
+    assert call_main(lambda: sweep_main(argv), ["utils.run.sweep"] + argv, monkeypatch) == 0, \
         capsys.readouterr()
     assert os.path.isfile(tmp_path / "sweep" / "report" / "report.csv")
 

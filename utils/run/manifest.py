@@ -75,7 +75,8 @@ def git_state(root=ROOT):
 
 def device_info(device):
     info = {"name": str(device), "cpu": platform.processor() or platform.machine(),
-            "platform": platform.platform(), "threads": torch.get_num_threads()}
+            "platform": platform.platform(), "threads": torch.get_num_threads(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
