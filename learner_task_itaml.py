@@ -227,9 +227,8 @@ class _MeanOfTasks:
             learner = self.learner
             distributed.all_reduce_sum_([self.fast] + ([] if self.running is None
                                                        else [self.fast_running]), learner.ctx)
-            keep_absent_rows_(self.fast_phi,
-                                          learner.weights.views(self.base)[learner.num_theta:],
-                                          self.shares, self.cpt)
+            keep_absent_rows_(self.fast_phi, learner.weights.views(self.base)[learner.num_theta:],
+                              self.shares, self.cpt)
         return self.fast, self.fast_running
 
 
@@ -347,8 +346,8 @@ class MetaLearner:
         x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
         tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
         # Under torchrun: which ranks hold which task of the global batch (one tiny all-reduce).
-        shares = task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task,
-                                         self.ctx, "samples") if self.ctx.enabled else None
+        shares = task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task, self.ctx,
+                             "samples") if self.ctx.enabled else None
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
         self._attach()
@@ -454,8 +453,8 @@ class MetaLearner:
                 self.set_lr(lr_at(self.cfg, epoch))
                 losses = [loss for loss in (self.meta_step(x, y) for x, y in loader)
                           if loss is not None]
-                mean = torch.stack(losses).mean() if losses else torch.zeros((), dtype=torch.float64,
-                                                                              device=self.device)
+                mean = (torch.stack(losses).mean() if losses
+                        else torch.zeros((), dtype=torch.float64, device=self.device))
                 loss = self._end_epoch(mean, epoch)
                 self.epoch_losses.append(loss)
                 if selection is not None:

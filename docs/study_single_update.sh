@@ -17,20 +17,22 @@ python3 -m utils.report "$OUT"/default,seed=* "$OUT"/evaluated/* --out "$OUT/rep
 # The table of docs/study.md: final accuracies, the mean task-aware accuracy over sessions 1-4 (those that
 # adapt), and the worst task-aware accuracy of any task after any update, mean ± sd over the seeds.
 python3 - "$OUT" <<'PY'
-import glob, json, os, statistics, sys
+import glob, os, statistics, sys
+from utils.report.runs import load_run
 out = sys.argv[1]
 groups = [("the release's update (default)", "default"), ("adapt_lr=1e-4", "evaluated/adapt_lr=1e-4"),
-          ("adapt_bn=reestimate", "evaluated/adapt_bn=reestimate"), ("no update (adapt_epochs=0)", "evaluated/adapt_epochs=0")]
+          ("adapt_bn=reestimate", "evaluated/adapt_bn=reestimate"),
+          ("no update (adapt_epochs=0)", "evaluated/adapt_epochs=0")]
 def pm(values):
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-print("| single update | task-aware | task-agnostic (p = 20) | per sample | task-aware, sessions 1–4 | worst task after an update |")
+print("| single update | task-aware | task-agnostic (p = 20) | per sample "
+      "| task-aware, sessions 1–4 | worst task after an update |")
 print("|---|---|---|---|---|---|")
 for name, prefix in groups:
-    runs = sorted(glob.glob(os.path.join(out, prefix + ",seed=*")))
-    records = [[json.load(open(p)) for p in sorted(glob.glob(os.path.join(run, "session_*.json")),
-                                                   key=lambda p: int(p.rsplit("_", 1)[1][:-5]))] for run in runs]
-    final = lambda key: pm([r[-1][key] for r in records])
+    records = [load_run(run) for run in sorted(glob.glob(os.path.join(out, prefix + ",seed=*")))]
+    final = [pm([r[-1][key] for r in records])
+             for key in ("acc_task_aware", "acc_task_agnostic", "acc_per_sample")]
     adapting = pm([statistics.mean(s["acc_task_aware"] for s in r[1:]) for r in records])
     worst = pm([min(min(s["per_task"]["task_aware"]) for s in r[1:]) for r in records])
-    print(f"| {name} | {final('acc_task_aware')} | {final('acc_task_agnostic')} | {final('acc_per_sample')} | {adapting} | {worst} |")
+    print(f"| {name} | {' | '.join(final)} | {adapting} | {worst} |")
 PY

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from utils.errors import ConfigError
 from utils.run import overrides
+from utils.run.sweep.plan import unfinished
 
 
 def visible_gpus():
@@ -117,10 +118,7 @@ def log_file(out, run):
 
 def execute(runs, script, job_slots, out, state):
     """Run what is unfinished, one run a slot at a time, keeping ``state`` (sweep.json) current."""
-    todo = [run for run in runs if not run.done()]
-    for run in runs:
-        if run.done():
-            run.status = "finished"
+    todo = unfinished(runs)
     free = queue.Queue()
     for slot in job_slots:
         free.put(slot)

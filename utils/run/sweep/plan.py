@@ -100,6 +100,17 @@ class Run:
         return self.finished_sessions() >= self.cfg.num_task
 
 
+def unfinished(runs):
+    """The runs still to run; the others are marked finished (a rerun skips them)."""
+    todo = []
+    for run in runs:
+        if run.done():
+            run.status = "finished"
+        else:
+            todo.append(run)
+    return todo
+
+
 def plan(script, grid, seeds, out):
     """Every run of the sweep, checked as the script would check it, before any starts."""
     args = load_args(script)

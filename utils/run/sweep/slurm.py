@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from utils.errors import ConfigError
 from utils.files import write_json, write_text
+from utils.run.sweep.plan import unfinished
 
 POLL_SECONDS = 2.0
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -83,9 +84,7 @@ def submit(runs, script, out, options, earlier_jobs):
     if busy:
         raise ConfigError(f"job {', '.join(busy)} of this sweep is still queued or running; wait "
                           f"for it or cancel it (`scancel {' '.join(busy)}`), then submit again.")
-    todo = [run for run in runs if not run.done()]
-    for run in runs:
-        run.status = "finished" if run.done() else run.status
+    todo = unfinished(runs)
     if not todo:
         return None, []
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
