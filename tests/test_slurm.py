@@ -109,6 +109,12 @@ def slurm(tmp_path_factory):
             pytest.skip(f"a single-node Slurm did not come up here (node {state or 'unknown'}): "
                         f"{tail}")
         yield env
+        # no job step outlives the cluster: cancel what is left and wait for it to end
+        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and subprocess.run(
+                ["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+            time.sleep(0.5)
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
