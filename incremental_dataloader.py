@@ -1,7 +1,8 @@
 """Class-incremental data: the data set cut into tasks along a class order, and its loaders.
 
 Labels are handled as *positions* in the class order: position p is the p-th class to arrive, task k
-holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head.
+holds positions ``[k*class_per_task, (k+1)*class_per_task)`` and so owns the same rows of the head
+(``utils/tasks.py`` holds that arithmetic).
 The replay memory lives in ``utils/data/memory.py``; the data sets' readers behind
 ``data_sources.py``.
 """
@@ -9,10 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from data_sources import DATA_SOURCES
+from data_sources import dataset_spec
 from utils.errors import ConfigError
+from utils.fast.device import resolve_device
 from utils.fast.distributed import ShardSampler, local_batch
 from utils.fast.gpu_data import TensorBatches
+from utils.tasks import seen_classes, task_classes, task_of
 
 
 class Relabeled(Dataset):
@@ -52,9 +55,10 @@ def make_class_order(kind, num_data_classes, seed, class_names=None):
 class IncrementalData:
     """A data set cut into tasks along a class order; loaders for training, evaluation and memory."""
 
-    def __init__(self, cfg, class_order=None, source=None):
+    def __init__(self, cfg, class_order=None, source=None, device=None):
+        """``device``: where ``args.gpu_data`` holds the data (None: ``args.device``'s)."""
         self.cfg = cfg
-        src = source if source is not None else DATA_SOURCES[cfg.dataset](cfg)
+        src = source if source is not None else dataset_spec(cfg.dataset).read(cfg)
         if cfg.num_class > src.num_class:
             raise ConfigError(f"args.num_class = {cfg.num_class} but {cfg.dataset} has only "
                               f"{src.num_class} classes; lower num_class.")
@@ -80,14 +84,12 @@ class IncrementalData:
         self.train_set = Relabeled(src.train, position)
         self.train_plain = Relabeled(src.train_plain, position)
         self.test_set = Relabeled(src.test, position)
-        self.on_device = self._hold_on_device(src) if cfg.gpu_data else {}
+        self.on_device = self._hold_on_device(src, device) if cfg.gpu_data else {}
 
-    def _hold_on_device(self, src):
-        """args.gpu_data: each split as one tensor on the run's device, with its augmentation."""
-        if src.tensors is None:
-            raise ConfigError(f"args.gpu_data = True but {self.cfg.dataset} is not held in memory; "
-                              "set gpu_data = False.")
-        device = torch.device("cuda" if self.cfg.device == "auto" else self.cfg.device)
+    def _hold_on_device(self, src, device):
+        """args.gpu_data: each split as one tensor on the run's device, with its augmentation (the
+        data sets whose spec holds them in memory: ``check_args`` refuses the others)."""
+        device = resolve_device(self.cfg.device) if device is None else device
         t = src.tensors
         train, test = t.train.to(device), t.test.to(device)
         train_y, test_y = torch.from_numpy(self.train_labels), torch.from_numpy(self.test_labels)
@@ -96,8 +98,7 @@ class IncrementalData:
                 id(self.test_set): (test, test_y, None, t.stats)}
 
     def task_classes(self, k):
-        cpt = self.cfg.class_per_task
-        return list(range(k * cpt, (k + 1) * cpt))
+        return task_classes(k, self.cfg.class_per_task)
 
     def class_indices(self, c):
         """Training-set indices of the class at position ``c``."""
@@ -105,12 +106,12 @@ class IncrementalData:
 
     def task_indices(self, k):
         """Training-set indices of task k's classes: D(k) in the paper."""
-        cpt = self.cfg.class_per_task
-        return np.flatnonzero((self.train_labels >= k * cpt) & (self.train_labels < (k + 1) * cpt))
+        known = self.train_labels >= 0  # -1: a class outside the run
+        return np.flatnonzero(known & (task_of(self.train_labels, self.cfg.class_per_task) == k))
 
     def seen_test_indices(self, session):
         """Test-set indices of every class seen up to and including ``session``."""
-        seen = (session + 1) * self.cfg.class_per_task
+        seen = seen_classes(session, self.cfg.class_per_task)
         return np.flatnonzero((self.test_labels >= 0) & (self.test_labels < seen))
 
     def train_loader(self, session, memory, seed, ctx=None):

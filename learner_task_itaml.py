@@ -1,5 +1,6 @@
-"""iTAML's learner: the inner loop and meta-update of Alg. 1 (task-agnostic inference, Alg. 2, is in
-``utils/inference.py``).
+"""iTAML's learner: the inner loop and meta-update of Alg. 1, one mini-batch at a time (a session's
+epochs, with the schedule, model selection and divergence stop, are ``utils/run/epochs.py``'s, and
+task-agnostic inference, Alg. 2, is in ``utils/inference.py``).
 
 Paper names: the base weights Φ_base = {θ, φ} are snapshotted at every mini-batch; task k's fast weights
 Φ_k = {θ_k, φ_k} start from them and take ``r`` optimizer steps on task k's samples; the meta-update
@@ -23,13 +24,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from utils.errors import Diverged
 from utils.fast import distributed
 from utils.fast.batched import BatchedFirstSteps
 from utils.fast.device import autocast, prepare_model, to_input
 from utils.fast.flat import FlatBuffer
+from utils.tasks import task_of, task_slice, within_task
 
 
 def eta_for(beta, session, num_task):
@@ -37,14 +37,9 @@ def eta_for(beta, session, num_task):
     return math.exp(-beta * session / num_task)
 
 
-def task_slice(k, class_per_task):
-    """Task k's rows of the head."""
-    return slice(k * class_per_task, (k + 1) * class_per_task)
-
-
 def task_loss(logits, targets, k, class_per_task):
     """Binary cross-entropy with logits on task k's slice only; targets are class positions."""
-    onehot = F.one_hot(targets - k * class_per_task, class_per_task).to(logits.dtype)
+    onehot = F.one_hot(within_task(targets, k, class_per_task), class_per_task).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits[:, task_slice(k, class_per_task)], onehot)
 
 
@@ -77,11 +72,6 @@ def _running_statistics_if_single_value(norm, inputs):
         norm.eval()
 
 
-def lr_at(cfg, epoch):
-    """Step schedule of the release: lr × γ for every milestone reached (0-based epochs)."""
-    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.schedule)
-
-
 def make_optimizer(cfg, params, lr):
     # foreach: each update is a few multi-tensor kernels over all parameters rather than a Python
     # loop over them (torch picks it by itself on GPUs only); the arithmetic is the same.
@@ -97,7 +87,7 @@ def split_by_task(x, y, class_per_task):
     """Task k's samples (x_k, y_k) for every task k present in the batch, in increasing k, each in
     batch order. The split is planned on the host from the labels and taken with one gather and
     views, so a batch on the GPU costs no device synchronisation per task (boolean masks would)."""
-    task = y.cpu() // class_per_task
+    task = task_of(y.cpu(), class_per_task)
     counts = torch.bincount(task)
     tasks = torch.nonzero(counts).squeeze(1)
     order = torch.argsort(task, stable=True)
@@ -179,32 +169,46 @@ def keep_absent_rows_(fast_head, base_head, shares, class_per_task):
     absent = torch.nonzero(shares.ranks == 0).squeeze(1).tolist()
     for fast, base in zip(fast_head, base_head):
         for k in absent:
-            rows = slice(k * class_per_task, (k + 1) * class_per_task)
-            fast[rows] = base[rows]
+            fast[task_slice(k, class_per_task)] = base[task_slice(k, class_per_task)]
 
 
-class _MeanOfTasks:
+@dataclass(frozen=True)
+class Layout:
+    """Where θ and φ lie in a flat buffer of Φ: θ's ``num_theta`` tensors first (``theta_size``
+    entries), then the head's, whose rows (and bias entries) belong to tasks."""
+    buffer: FlatBuffer
+    num_theta: int
+    theta_size: int
+
+    def head(self, flat):
+        """The head's tensors as views of ``flat``, any tensor laid out like the buffer."""
+        return self.buffer.views(flat)[self.num_theta:]
+
+
+class MeanOfTasks:
     """Φ_fast of meta_target "mean": θ_fast = mean_k θ_k and φ_fast = task k's own slice φ_k
     (absent tasks' slices keep their base value); BatchNorm statistics averaged like θ.
 
-    Under torchrun (``shares``) each rank adds the tasks of its shard; task k's fast weights are
-    averaged over the ranks that saw it, weighted by their share of its samples, θ_fast is the mean
-    of those averages over the K tasks of the global batch, and one all-reduce sums the ranks'
-    parts (the derivation is above). One process: the weights are exactly 1/K for
-    θ and 1 for φ_k, and no collective call is made."""
+    It works on the buffers it is handed: ``weights`` and ``running``, the live Φ and BatchNorm
+    statistics (None without BatchNorm), which hold task k's fast weights after its inner loop, and
+    ``base``, Φ_base, each laid out by ``layout``. Under torchrun (``shares``) each rank adds the
+    tasks of its shard; task k's fast weights are averaged over the ranks that saw it, weighted by
+    their share of its samples, θ_fast is the mean of those averages over the K tasks of the global
+    batch, and one all-reduce over ``ctx`` sums the ranks' parts (the derivation is above). One
+    process: the weights are exactly 1/K for θ and 1 for φ_k, and no collective call is made."""
 
-    def __init__(self, learner, base, num_tasks, shares=None):
-        self.learner, self.base, self.num_tasks, self.shares = learner, base, num_tasks, shares
-        self.cpt, self.t = learner.cfg.class_per_task, learner.theta_size
+    def __init__(self, weights, running, base, layout, num_tasks, class_per_task, shares=None,
+                 ctx=None):
+        self.weights, self.running, self.base, self.layout = weights, running, base, layout
+        self.num_tasks, self.cpt, self.shares, self.ctx = num_tasks, class_per_task, shares, ctx
+        self.t = layout.theta_size
         self.fast = torch.zeros_like(base)
         # Alone, absent tasks' head rows keep the base; spread over ranks, every rank adds its part
         # to zeros and those rows get their base value back after the sum.
         if shares is None:
             self.fast[self.t:] = base[self.t:]
-        self.fast_phi = learner.weights.views(self.fast)[learner.num_theta:]
-        self.phi = learner.weights.tensors[learner.num_theta:]
-        self.running = learner._running_data()
-        self.fast_running = None if self.running is None else torch.zeros_like(self.running)
+        self.fast_phi, self.phi = layout.head(self.fast), layout.head(weights)
+        self.fast_running = None if running is None else torch.zeros_like(running)
 
     @torch.no_grad()
     def add(self, k, samples):
@@ -214,7 +218,7 @@ class _MeanOfTasks:
         else:
             w_theta, w_phi = (self.shares.theta_weight(k, samples),
                               self.shares.head_weight(k, samples))
-        self.fast[:self.t].add_(self.learner.weights.data[:self.t], alpha=w_theta)  # mean_k θ_k
+        self.fast[:self.t].add_(self.weights[:self.t], alpha=w_theta)  # mean_k θ_k
         rows = task_slice(k, self.cpt)
         for f, p in zip(self.fast_phi, self.phi):                             # φ_k: k's rows only
             f[rows] = p[rows] if w_phi is None else p[rows] * w_phi
@@ -224,50 +228,20 @@ class _MeanOfTasks:
     def result(self):
         """(Φ_fast, its BatchNorm statistics), summed over the ranks under torchrun."""
         if self.shares is not None:
-            learner = self.learner
             distributed.all_reduce_sum_([self.fast] + ([] if self.running is None
-                                                       else [self.fast_running]), learner.ctx)
-            keep_absent_rows_(self.fast_phi, learner.weights.views(self.base)[learner.num_theta:],
-                              self.shares, self.cpt)
+                                                       else [self.fast_running]), self.ctx)
+            keep_absent_rows_(self.fast_phi, self.layout.head(self.base), self.shares, self.cpt)
         return self.fast, self.fast_running
 
 
-class ReleaseSelection:
-    """The release's model selection, on the test set: after every epoch the base model's test
-    accuracy over the seen classes is read; an epoch's weights (BatchNorm statistics included) are
-    kept when the epoch is one of the last 9 (0-based ``epoch > epochs − 10``) and its accuracy beats
-    every earlier epoch's, all epochs counted, starting from 0 (ties keep the earlier). When no late
-    epoch beats them, the last epoch's weights stay."""
-
-    def __init__(self, epochs):
-        self.epochs, self.best, self.kept, self.kept_epoch = epochs, 0.0, None, None
-        self.accuracies = []
-
-    def after_epoch(self, epoch, accuracy, model):
-        self.accuracies.append(accuracy)
-        if accuracy > self.best and epoch > self.epochs - 10:
-            self.kept = {name: t.detach().clone() for name, t in model.state_dict().items()}
-            self.kept_epoch = epoch
-        self.best = max(self.best, accuracy)
-
-    @torch.no_grad()
-    def restore(self, model):
-        if self.kept is not None:
-            model.load_state_dict(self.kept)
-
-    def summary(self):
-        """For the session's record: the rule, the epoch kept (1-based) and every epoch's accuracy."""
-        kept = self.epochs if self.kept_epoch is None else self.kept_epoch + 1
-        return {"model_selection": "release", "selected_epoch": kept,
-                "selection_test_acc_per_epoch": self.accuracies}
-
-
 class MetaLearner:
-    """Trains the model through one session (one new task plus the replay memory).
+    """iTAML's training, one mini-batch of one session (one new task plus the replay memory) at a
+    time: ``step`` is Alg. 1's ``meta_step``. It is one method behind a session's epochs
+    (``utils/run/epochs.py``), which also call ``set_lr``, ``weights_finite`` and ``finish``.
 
-    No copy of the model is made: Φ = {θ, φ} lives in one flat buffer (``utils/flat.py``), θ first,
-    so Φ_base is one snapshot tensor restored in place before each task, the mean of the fast weights
-    one accumulator, and the meta-update one lerp.
+    No copy of the model is made: Φ = {θ, φ} lives in one flat buffer (``utils/fast/flat.py``), θ
+    first, so Φ_base is one snapshot tensor restored in place before each task, the mean of the fast
+    weights one accumulator, and the meta-update one lerp.
     """
 
     def __init__(self, model, cfg, session, device="cpu", ctx=distributed.DistContext()):
@@ -280,7 +254,7 @@ class MetaLearner:
         theta = [p for p in trained if id(p) not in head]
         phi = [p for p in trained if id(p) in head]  # rows, and bias entries, by task
         self.weights = FlatBuffer(theta + phi, "parameter")
-        self.theta_size, self.num_theta = sum(p.numel() for p in theta), len(theta)
+        self.layout = Layout(self.weights, len(theta), sum(p.numel() for p in theta))
         # Backward adds each weight's gradient into its view of one gradient buffer, which the
         # optimizers read. Every weight of our networks takes part in every forward pass, so none is
         # left without a gradient (torch's optimizers would skip such a weight; here it sees zeros).
@@ -346,8 +320,8 @@ class MetaLearner:
         x = x.to(self.device, non_blocking=True)  # one transfer, then gathered on the device
         tasks, xs, ys = split_by_task(x, y, self.cfg.class_per_task)
         # Under torchrun: which ranks hold which task of the global batch (one tiny all-reduce).
-        shares = task_shares(y.cpu() // self.cfg.class_per_task, self.cfg.num_task, self.ctx,
-                             "samples") if self.ctx.enabled else None
+        shares = task_shares(task_of(y.cpu(), self.cfg.class_per_task), self.cfg.num_task,
+                             self.ctx, "samples") if self.ctx.enabled else None
         batches = [(k, to_input(xk, self.cfg, self.device), yk.to(self.device, non_blocking=True))
                    for k, xk, yk in zip(tasks, xs, ys)]
         self._attach()
@@ -387,8 +361,9 @@ class MetaLearner:
         the last task's Φ, all of it, and its BatchNorm statistics stay as the tasks left them.
         """
         weights, running = self.weights.data, self._running_data()
-        mean = (_MeanOfTasks(self, base, len(batches), shares) if self.cfg.meta_target == "mean"
-                else None)
+        mean = (MeanOfTasks(weights, running, base, self.layout, len(batches),
+                            self.cfg.class_per_task, shares, self.ctx)
+                if self.cfg.meta_target == "mean" else None)
         losses = []
         first = self._first_steps(batches)
         for i, (k, x, y) in enumerate(batches):
@@ -420,65 +395,25 @@ class MetaLearner:
         return None if self.running is None else self.running.data
 
     def _attach(self):
-        """Put the weights back in their buffers if they left them (after ``train_session``, or
-        a ``model.to``), carrying their current values."""
+        """Put the weights back in their buffers if they left them (after ``finish``, or a
+        ``model.to``), carrying their current values."""
         for flat in (self.weights, self.running):
             if flat is not None and not flat.attached():
                 flat.attach()
 
-    def release(self):
-        """Hand the model back with weights in memory of their own and no gradients."""
+    def step(self, x, y):
+        """The per-batch step of every method (``utils/run/epochs.py``): Alg. 1's ``meta_step``."""
+        return self.meta_step(x, y)
+
+    def weights_finite(self):
+        """Whether every weight is finite, as a 0-d tensor (read with the epoch's loss: one wait)."""
+        return torch.isfinite(self.weights.data).all()
+
+    def finish(self):
+        """The session's training is over: hand the model back with weights in memory of their own
+        (out of the flat buffers) and no gradients. A later ``step`` puts them back."""
         for flat in (self.weights, self.running):
             if flat is not None:
-                flat.release()
+                flat.unflatten()
         for p in self.weights.tensors:
             p.grad = None
-
-    def train_session(self, loader, desc="train", test_accuracy=None):
-        """All epochs of one session. Returns the last epoch's mean loss; ``self.epoch_losses`` holds
-        every epoch's. Raises ``Diverged`` after the first epoch whose loss or weights are not
-        finite, so that a run gone to NaN never saves its weights as a finished session.
-
-        Which epoch's model is kept (``args.model_selection``): "last", the last epoch's, so no
-        test data reaches a training decision; "release", the release's selection on the test set,
-        through ``test_accuracy()`` (the base model's accuracy over the seen classes' test samples,
-        read after every epoch): see ``ReleaseSelection``."""
-        selection = ReleaseSelection(self.cfg.epochs) if test_accuracy is not None else None
-        bar = tqdm(range(self.cfg.epochs), desc=desc, unit="epoch",
-                   disable=None if self.ctx.is_main else True, leave=False)
-        self.epoch_losses = []
-        try:
-            for epoch in bar:
-                self.model.train()
-                self.set_lr(lr_at(self.cfg, epoch))
-                losses = [loss for loss in (self.meta_step(x, y) for x, y in loader)
-                          if loss is not None]
-                mean = (torch.stack(losses).mean() if losses
-                        else torch.zeros((), dtype=torch.float64, device=self.device))
-                loss = self._end_epoch(mean, epoch)
-                self.epoch_losses.append(loss)
-                if selection is not None:
-                    selection.after_epoch(epoch, test_accuracy(), self.model)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2g}")
-            if selection is not None:
-                selection.restore(self.model)
-        finally:
-            bar.close()
-            self.release()
-        self.selection = (selection.summary() if selection is not None
-                          else {"model_selection": "last", "selected_epoch": self.cfg.epochs})
-        return self.epoch_losses[-1]
-
-    def _end_epoch(self, loss, epoch):
-        """The epoch's mean loss as a float, read together with the finiteness of the weights: the
-        one wait for the device in an epoch. Under torchrun the non-finite flags are summed over
-        the ranks (the loss stays each rank's own), so that every rank stops in the same epoch
-        rather than one waiting forever for the others."""
-        flags = torch.stack([~torch.isfinite(loss), ~torch.isfinite(self.weights.data).all()])
-        flags = flags.to(loss.dtype)
-        distributed.all_reduce_sum_([flags], self.ctx)
-        loss, bad_loss, bad_weights = torch.cat([loss.reshape(1), flags]).tolist()
-        if bad_loss or bad_weights:
-            raise Diverged(self.session, epoch + 1, self.cfg.epochs,
-                           "the training loss" if bad_loss else "the weights", self.cfg.lr)
-        return loss

@@ -1,4 +1,4 @@
-"""Networks of the paper, picked by data set name.
+"""Networks of the paper (each data set's spec in ``data_sources.py`` names its network).
 
 Every network exposes the split the method needs: ``features`` is the feature extractor θ and ``head``
 the one linear classifier φ whose rows ``[k*class_per_task, (k+1)*class_per_task)`` (and the same
@@ -213,19 +213,6 @@ class CelebResNet18(nn.Module):
         return self.head(self.features(x))
 
 
-# data set name -> constructor(input_shape, num_class)
-NETWORKS = {
-    "mnist": MLP,
-    "digits": MLP,
-    "digits32": ReducedResNet18,
-    "cifar100": ReducedResNet18,
-    "svhn": ReducedResNet18,
-    "imagenet": ResNet18,
-    "celeb": CelebResNet18,
-    "cub200": ResNet18,
-}
-
-
 def load_release_state_dict(model, state):
     """Load weights the authors' release saved (its ``session_<t>_model_best.pth.tar``: the state dict
     of its wrapper, keys ``convnet.…``, or of the bare network) into ``model``, our network for the
@@ -247,11 +234,3 @@ def load_release_state_dict(model, state):
         mapped[name] = tensor
     model.load_state_dict(mapped)
     return model
-
-
-def build_network(dataset, input_shape, num_class):
-    """The paper's network for ``dataset``, with a head of ``num_class`` rows."""
-    if dataset not in NETWORKS:
-        raise ConfigError(f"args.dataset: no network is defined for {dataset!r}; "
-                          f"choose one of {sorted(NETWORKS)}.")
-    return NETWORKS[dataset](tuple(input_shape), num_class)

@@ -58,6 +58,7 @@ from utils.data.sources import Source, TensorData, Tensors  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 from utils.fast.device import autocast, prepare_model, to_input  # noqa: E402
 from utils.inference import evaluate, predict_logits  # noqa: E402
+from utils.tasks import class_at, seen_classes, task_classes  # noqa: E402
 
 TASK_COUNTS = (1, 5, 10)
 R_VALUES = (1, 2)
@@ -134,11 +135,12 @@ def session_batch(cfg, tasks, size, generator):
     """Labels of a mini-batch of session ``tasks`` − 1: one sample of every task, the rest drawn
     from the new task's images and the memory's exemplars (equal shares of the earlier classes)."""
     cpt, t = cfg.class_per_task, tasks - 1
-    pool = np.repeat(np.arange(t * cpt, (t + 1) * cpt), NEW_TASK_IMAGES // cpt)
+    pool = np.repeat(task_classes(t, cpt), NEW_TASK_IMAGES // cpt)
     if t > 0:
-        pool = np.concatenate([pool, np.repeat(np.arange(t * cpt), cfg.memory // (t * cpt))])
+        old = seen_classes(t - 1, cpt)
+        pool = np.concatenate([pool, np.repeat(np.arange(old), cfg.memory // old)])
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
-    one_each = np.arange(tasks) * cpt + rng.integers(cpt, size=tasks)
+    one_each = class_at(rng.integers(cpt, size=tasks), np.arange(tasks), cpt)
     y = np.concatenate([one_each, rng.choice(pool, size - tasks, replace=False)])
     return torch.from_numpy(rng.permutation(y))
 

@@ -4,10 +4,12 @@ import importlib
 import pytest
 
 import train_digits
-from utils.config import PER_SESSION, SCHEMA, check_args, for_session, session_settings
+from utils.config import PER_SESSION, check_args, for_session, session_settings
+from utils.fast.device import resolve_device
+from utils.fields import FIELDS
 from utils.errors import ConfigError
 from utils.run.overrides import parse_command_line
-from utils.run.session import resolve_device, run
+from utils.run.session import run
 
 
 def shrunk(**over):
@@ -19,8 +21,8 @@ def shrunk(**over):
 def test_shipped_args_are_valid_and_complete(name):
     script = importlib.import_module(f"train_{name}")
     cfg = check_args(script.args)
-    assert set(vars(cfg)) == set(SCHEMA)
-    assert all(hasattr(script.args, name) for name in SCHEMA)  # every field written out
+    assert set(vars(cfg)) == set(FIELDS)
+    assert all(hasattr(script.args, name) for name in FIELDS)  # every field written out
 
 
 @pytest.mark.parametrize("over,pattern", [
@@ -52,7 +54,7 @@ def test_shipped_args_are_valid_and_complete(name):
     ({"sessions": {5: {"lr": 0.1}}}, r"args.sessions has the key 5, which is not a session of this run; its keys must be session numbers 0..4, so remove that entry"),
     ({"sessions": {"4": {"lr": 0.1}}}, r"args.sessions has the key '4'; its keys must be session numbers \(integers >= 0\)"),
     ({"sessions": {1: 5}}, r"args.sessions\[1\] = 5 is invalid; it must be a dict \{field: value\}"),
-    ({"sessions": {1: {"seed": 3}}}, r"args.sessions\[1\] sets 'seed', which cannot change by session; it may set epochs, lr"),
+    ({"sessions": {1: {"seed": 3}}}, r"args.sessions\[1\] sets 'seed', which cannot change by session; it may set r, r_newest, lr"),
     ({"sessions": {1: {"lr": -1}}}, r"args.sessions\[1\]\['lr'\] = -1 is invalid; it must be a number > 0.0"),
     ({"sessions": {1: {"r_newest": 0}}}, r"args.sessions\[1\]\['r_newest'\] = 0 is invalid"),
 ])
@@ -65,7 +67,7 @@ def test_bad_args_one_sentence(over, pattern):
 def test_missing_field_is_named():
     class partial:
         pass
-    for name in SCHEMA:
+    for name in FIELDS:
         if name not in ("device", "image_size"):
             setattr(partial, name, getattr(train_digits.args, name))
     delattr(partial, "beta")

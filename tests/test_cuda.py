@@ -53,7 +53,7 @@ def test_the_cuda_meta_step_equals_the_cpu_one(cfg_factory, exact_float32, varia
         learner = L.MetaLearner(model, cfg, session=2, device=device)
         for seed in (0, 1):
             learner.meta_step(*batch(seed))
-        learner.release()
+        learner.finish()
     cpu = dict(models["cpu"].state_dict())
     moved = 0.0
     for name, value in models["cuda"].state_dict().items():
@@ -113,7 +113,7 @@ def test_the_batched_first_steps_equal_the_loop_on_the_gpu(cfg_factory, exact_fl
                                 device="cuda")
         for seed in (0, 1):
             learner.meta_step(*batch(seed))
-        learner.release()
+        learner.finish()
         models[batched] = model.state_dict()
     for name, value in models[True].items():
         torch.testing.assert_close(value, models[False][name], rtol=1e-4, atol=1e-5, msg=name)

@@ -2,6 +2,7 @@
 import os
 import random
 import urllib.error
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,11 @@ import utils.data.readers as R
 from incremental_dataloader import IncrementalData
 from tests.support import fake_data as F
 from utils.errors import ConfigError
+
+
+def read(cfg):
+    """cfg.dataset as its spec reads it (the reader handed the pipeline of cfg's args)."""
+    return S.dataset_spec(cfg.dataset).read(cfg)
 
 
 def offline(monkeypatch, *classes):
@@ -47,7 +53,7 @@ def cifar_root(tmp_path, monkeypatch):
 def test_cifar100_classes_counts_and_tasks(cifar_root, cfg_factory, setting, stats):
     cfg = cfg_factory(dataset="cifar100", data_path=str(cifar_root), num_class=20,
                       class_per_task=10, num_task=2, memory=40, augmentation=setting)
-    src = R.load_cifar100(cfg)
+    src = read(cfg)
     assert src.num_class == 100 and src.input_shape == (3, 32, 32)
     assert src.class_names[:2] == ["class_000", "class_001"] and len(src.class_names) == 100
     assert len(src.train) == 300 and len(src.test) == 200
@@ -72,7 +78,7 @@ def test_cifar100_offline_and_missing(tmp_path, cfg_factory, monkeypatch):
     with pytest.raises(ConfigError, match=r"CIFAR-100 is not in args.data_path and could not be "
                        r"downloaded \(URLError\); args.data_path = '.*none' must hold cifar-100-python/ "
                        r".*https://www.cs.toronto.edu/~kriz/cifar.html") as err:
-        R.load_cifar100(cfg)
+        read(cfg)
     assert "\n" not in str(err.value)
 
 
@@ -84,7 +90,7 @@ def test_cifar100_corrupt_file(cifar_root, cfg_factory, monkeypatch):
     cfg = cfg_factory(dataset="cifar100", data_path=str(cifar_root), num_class=100,
                       class_per_task=10, num_task=10, memory=2000)
     with pytest.raises(ConfigError, match=r"CIFAR-100 is corrupt \(its checksum does not match\)"):
-        R.load_cifar100(cfg)
+        read(cfg)
 
 
 # ------------------------------------------------------------------ SVHN
@@ -95,7 +101,7 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path, cfg_factory, monk
     sums, digits = F.write_svhn(str(tmp_path))
     F.point_torchvision_at_svhn(monkeypatch, sums)
     cfg = cfg_factory(dataset="svhn", data_path=str(tmp_path), augmentation=setting)
-    src = R.load_svhn(cfg)
+    src = read(cfg)
     assert src.num_class == 10 and src.input_shape == (3, 32, 32)
     assert src.train_labels.tolist() == digits["train"].tolist()
     assert len(src.test) == 20 and src.class_names == [str(d) for d in range(10)]
@@ -112,7 +118,7 @@ def test_svhn_missing(tmp_path, cfg_factory, monkeypatch):
     offline(monkeypatch, SVHN)
     with pytest.raises(ConfigError, match=r"SVHN is not in args.data_path .* must hold "
                        r"train_32x32.mat and test_32x32.mat \(from http://ufldl.stanford.edu"):
-        R.load_svhn(cfg_factory(dataset="svhn", data_path=str(tmp_path)))
+        read(cfg_factory(dataset="svhn", data_path=str(tmp_path)))
 
 
 # ------------------------------------------------------------------ ImageNet and MS-Celeb folders
@@ -135,7 +141,7 @@ def imagenet_cfg(cfg_factory, root, **over):
 
 
 def test_imagenet_class_folders(imagenet_root, cfg_factory):
-    src = R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
+    src = read(imagenet_cfg(cfg_factory, imagenet_root))
     assert src.class_names == WNIDS and src.num_class == 6 and src.input_shape == (3, 32, 32)
     assert len(src.train) == 18 and len(src.test) == 12
     assert np.bincount(src.test_labels).tolist() == [2] * 6
@@ -144,7 +150,7 @@ def test_imagenet_class_folders(imagenet_root, cfg_factory):
     x, _ = src.train[7]
     assert x.shape == (3, 32, 32)
     for setting, side in (("release", 112), ("corrected", 224)):  # unless args.image_size says
-        full = R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root, image_size=None,
+        full = read(imagenet_cfg(cfg_factory, imagenet_root, image_size=None,
                                             augmentation=setting))
         assert full.input_shape == (3, side, side)
 
@@ -173,13 +179,13 @@ def test_imagenet_missing_and_mismatched_folders(imagenet_root, tmp_path, cfg_fa
     with pytest.raises(ConfigError, match=r"ImageNet: .*nowhere/train is not a folder; "
                        r"args.data_path = '.*nowhere' must hold train/<class>/<image> and "
                        r"val/<class>/<image> folders \(from https://image-net.org"):
-        R.load_imagenet(imagenet_cfg(cfg_factory, tmp_path / "nowhere"))
+        read(imagenet_cfg(cfg_factory, tmp_path / "nowhere"))
     for f in os.listdir(imagenet_root / "val" / WNIDS[2]):
         os.remove(imagenet_root / "val" / WNIDS[2] / f)
     os.rmdir(imagenet_root / "val" / WNIDS[2])
     with pytest.raises(ConfigError, match=r"the class folders of .*val differ from those of "
                        r".*train \(e.g. \['n01484850'\]\)"):
-        R.load_imagenet(imagenet_cfg(cfg_factory, imagenet_root))
+        read(imagenet_cfg(cfg_factory, imagenet_root))
 
 
 def test_empty_class_folder_is_named(tmp_path, cfg_factory):
@@ -189,7 +195,7 @@ def test_empty_class_folder_is_named(tmp_path, cfg_factory):
     with pytest.raises(ConfigError, match=r"MS-Celeb-10K: .*test holds no usable "
                        r"<class>/<image> folders \(.*\); args.data_path must hold train/<class>/<image> "
                        r"and test/<class>/<image> folders"):
-        R.load_celeb(cfg_factory(dataset="celeb", data_path=str(root), num_class=2,
+        read(cfg_factory(dataset="celeb", data_path=str(root), num_class=2,
                                  class_per_task=1, num_task=2, memory=4))
 
 
@@ -203,7 +209,7 @@ def test_celeb_folders_and_estimated_statistics(tmp_path, cfg_factory):
                 F.write_image(str(root / split / name / f"{i}.png"), rng, 20, color)
     cfg = cfg_factory(dataset="celeb", data_path=str(root), num_class=2, class_per_task=1,
                       num_task=2, memory=4, image_size=16, augmentation="corrected")
-    src = R.load_celeb(cfg)
+    src = read(cfg)
     assert src.class_names == ["id_a", "id_b"] and len(src.train) == 6 and len(src.test) == 2
     # half the images are one colour and half the other: per-channel mean and std in closed form
     a, b = np.array(colors["id_a"]) / 255, np.array(colors["id_b"]) / 255
@@ -226,7 +232,7 @@ def cub_cfg(cfg_factory, root, **over):
 
 def test_cub_text_layout(tmp_path, cfg_factory):
     F.write_cub(str(tmp_path))
-    src = R.load_cub(cub_cfg(cfg_factory, tmp_path))  # data_path above CUB_200_2011/ works too
+    src = read(cub_cfg(cfg_factory, tmp_path))  # data_path above CUB_200_2011/ works too
     assert src.num_class == 6 and src.class_names[0] == "001.Bird_1"
     assert np.bincount(src.train_labels).tolist() == [3] * 6
     assert np.bincount(src.test_labels).tolist() == [2] * 6
@@ -235,7 +241,7 @@ def test_cub_text_layout(tmp_path, cfg_factory):
                                                                        "Bird_1_0003.jpg"]
     x, y = src.train[3]
     assert x.shape == (3, 32, 32) and y == 1
-    same = R.load_cub(cub_cfg(cfg_factory, tmp_path / "CUB_200_2011"))
+    same = read(cub_cfg(cfg_factory, tmp_path / "CUB_200_2011"))
     assert same.test.samples == src.test.samples
 
 
@@ -244,22 +250,22 @@ def test_cub_missing_and_corrupt_files(tmp_path, cfg_factory):
                        r"nor its CUB_200_2011/ subfolder holds images.txt; extract CUB_200_2011.tgz "
                        r"\(from https://www.vision.caltech.edu/datasets/cub_200_2011/\) so that "
                        r"images.txt, image_class_labels.txt, train_test_split.txt and images/"):
-        R.load_cub(cub_cfg(cfg_factory, tmp_path))
+        read(cub_cfg(cfg_factory, tmp_path))
     folder = F.write_cub(str(tmp_path))
     os.rename(os.path.join(folder, "train_test_split.txt"), os.path.join(folder, "split.bak"))
     with pytest.raises(ConfigError, match=r"CUB-200-2011: .*train_test_split.txt is missing; "
                        r"restore it from the CUB_200_2011 archive"):
-        R.load_cub(cub_cfg(cfg_factory, tmp_path))
+        read(cub_cfg(cfg_factory, tmp_path))
     os.rename(os.path.join(folder, "split.bak"), os.path.join(folder, "train_test_split.txt"))
     with open(os.path.join(folder, "image_class_labels.txt"), "a") as f:
         f.write("31\n")
     with pytest.raises(ConfigError, match=r"line 31 of .*image_class_labels.txt is corrupt"):
-        R.load_cub(cub_cfg(cfg_factory, tmp_path))
+        read(cub_cfg(cfg_factory, tmp_path))
     F.write_cub(str(tmp_path / "again"))
     os.remove(tmp_path / "again" / "CUB_200_2011" / "images" / "002.Bird_2" / "Bird_2_0004.jpg")
     with pytest.raises(ConfigError, match=r"1 image\(s\) listed in images.txt are missing, e.g. "
                        r".*Bird_2_0004.jpg"):
-        R.load_cub(cub_cfg(cfg_factory, tmp_path / "again"))
+        read(cub_cfg(cfg_factory, tmp_path / "again"))
 
 
 # ------------------------------------------------------------------ MS-Celeb-1M identity folders
@@ -283,7 +289,7 @@ def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, m
     walk = list(range(5))
     random.Random(3).shuffle(walk)  # the release's generator: Python's random, seeded 3
     assert walk == [0, 2, 3, 4, 1]
-    src = R.load_celeb(celeb_cfg(cfg_factory, tmp_path))
+    src = read(celeb_cfg(cfg_factory, tmp_path))
     assert src.class_names == sorted(KEPT) and src.num_class == 3 and src.input_shape == (3, 16, 16)
     for label, name in enumerate(sorted(KEPT)):
         for split, want in ((src.train, files[name][:30]), (src.test, files[name][30:45])):
@@ -295,7 +301,7 @@ def test_celeb_identity_folders_as_the_release_cut_them(tmp_path, cfg_factory, m
     x, y = src.train[31]  # the second image of m.0c, kept second
     assert x.shape == (3, 16, 16) and y == 1
     monkeypatch.setattr(R, "CELEB_IDENTITIES", 2)  # the walk stops once enough are kept
-    assert R.load_celeb(celeb_cfg(cfg_factory, tmp_path)).class_names == sorted(KEPT[:2])
+    assert read(celeb_cfg(cfg_factory, tmp_path)).class_names == sorted(KEPT[:2])
 
 
 def test_celeb_classes_numbered_by_name_as_strings(tmp_path, cfg_factory):
@@ -329,7 +335,7 @@ def test_celeb_identity_folders_none_qualifies(tmp_path, cfg_factory):
                            r"put there train/<identity>/<image> and test/<identity>/<image> folders, "
                            r"or MS-Celeb-1M's aligned faces as one folder per identity \(those with at "
                            r"least 46 images are used\).$"):
-            R.load_celeb(celeb_cfg(cfg_factory, root))
+            read(celeb_cfg(cfg_factory, root))
 
 
 # ------------------------------------------------------------------ each pipeline, both settings
@@ -443,7 +449,7 @@ def fake_source(dataset, root, monkeypatch, cfg_factory, **over):
                               ["a", "b"], {"train": 2, "val": 1, "test": 1}, size=20)
     cfg = cfg_factory(dataset=dataset, data_path=str(root), num_class=2, class_per_task=1,
                       num_task=2, memory=4, **over)
-    return cfg, S.DATA_SOURCES[dataset](cfg)
+    return cfg, S.dataset_spec(dataset).read(cfg)
 
 
 @pytest.mark.parametrize("dataset, setting, size", sorted(PIPELINES, key=str))
@@ -451,11 +457,11 @@ def test_each_pipeline_is_exactly_as_described(dataset, setting, size, tmp_path,
                                                cfg_factory):
     cfg, src = fake_source(dataset, tmp_path, monkeypatch, cfg_factory, augmentation=setting,
                            image_size=size)
-    side = A.image_size(cfg)
+    side = S.dataset_spec(dataset).image_size(cfg)
     train, test = PIPELINES[dataset, setting, size]
     estimated, marker = None, ESTIMATE
     if ESTIMATE in test:  # measured on the training images
-        estimated = A.estimate_stats(src.train.samples, A.pipeline(dataset, setting, side))
+        estimated = A.estimate_stats(src.train.samples, S.dataset_spec(dataset).pipeline_for(cfg))
     if MEASURE in test:  # the reader's own; test_digits_cnn.py checks them against the images
         estimated, marker = src.tensors.stats, MEASURE
     assert describe(src.train.transform, estimated, marker) == train
@@ -469,9 +475,11 @@ def test_default_image_size_follows_the_pipeline(setting, cfg_factory):
     defaults = {"imagenet": 112 if setting == "release" else 224, "celeb": 112, "cub200": 224,
                 "cifar100": 32, "svhn": 32, "mnist": 28, "digits": 8, "digits32": 32}
     for dataset, side in defaults.items():
-        assert A.image_size(cfg_factory(dataset=dataset, augmentation=setting)) == side
+        cfg = cfg_factory(dataset=dataset, augmentation=setting)
+        assert S.dataset_spec(dataset).image_size(cfg) == side
     for dataset in ("imagenet", "celeb", "cub200"):
-        assert A.image_size(cfg_factory(dataset=dataset, augmentation=setting, image_size=48)) == 48
+        cfg = cfg_factory(dataset=dataset, augmentation=setting, image_size=48)
+        assert S.dataset_spec(dataset).image_size(cfg) == 48
 
 
 def test_mnist_and_digits_are_the_same_under_both_settings(tmp_path, cfg_factory):
@@ -488,12 +496,17 @@ def test_mnist_and_digits_are_the_same_under_both_settings(tmp_path, cfg_factory
     assert torch.equal(digits[0].train.x, digits[1].train.x) and digits[0].train.transform is None
 
 
+def pipeline_cfg(setting, size):
+    """Just what a spec's pipeline reads of the args."""
+    return SimpleNamespace(augmentation=setting, image_size=size)
+
+
 def test_release_cifar_train_transform_is_a_padded_crop_a_flip_and_a_rotation():
     """Replayed from the same seed: pad 4 and crop, maybe mirror, rotate (nearest, zero fill),
     normalise with the release's values."""
     from PIL import Image
     from torchvision.transforms import functional as TF
-    train, _ = A.pipeline("cifar100", "release", 32).transforms()
+    train, _ = S.DATASETS["cifar100"].pipeline_for(pipeline_cfg("release", 32)).transforms()
     image = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 32)[0])
     flips, angles = set(), []
     for seed in range(12):
@@ -517,5 +530,5 @@ def test_release_faces_resize_is_a_no_op_on_112_px_faces():
     from torchvision.transforms import functional as TF
     face = Image.fromarray(F.fake_images(np.random.RandomState(0), 1, 112)[0])
     assert np.asarray(T.Resize((112, 112))(face)).tobytes() == np.asarray(face).tobytes()
-    _, test = A.pipeline("celeb", "release", 112).transforms()
+    _, test = S.DATASETS["celeb"].pipeline_for(pipeline_cfg("release", 112)).transforms()
     assert torch.equal(test(face), TF.normalize(TF.to_tensor(face), *RELEASE_CIFAR))

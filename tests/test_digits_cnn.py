@@ -14,11 +14,18 @@ import torch.nn.functional as F
 
 import train_digits_cnn
 import utils.data.readers as R
-from resnet import ReducedResNet18, build_network
+from data_sources import build_network, dataset_spec
+from resnet import ReducedResNet18
 from utils.config import check_args
 from utils.errors import ConfigError
 from utils.run.manifest import check_resume, plain
 from utils.run.session import run
+
+
+def read(cfg):
+    """cfg.dataset as its spec reads it (the reader handed the pipeline of cfg's args)."""
+    return dataset_spec(cfg.dataset).read(cfg)
+
 
 ROUNDING = 0.5 / 255  # uint8 storage moves a [0, 1] value by at most this much
 
@@ -47,7 +54,7 @@ def blurred(x):
 @pytest.fixture(scope="module")
 def sources():
     from tests.support.cfg import make_cfg
-    return R.load_digits32(make_cfg(dataset="digits32")), R.load_digits(make_cfg())
+    return read(make_cfg(dataset="digits32")), R.load_digits(make_cfg())
 
 
 def test_digits32_has_the_digits_split_labels_and_classes(sources):
@@ -99,7 +106,7 @@ def test_digits32_statistics_are_its_training_images(sources, cfg_factory):
     assert stats[1] == pytest.approx(tuple(std.tolist()), rel=1e-12)
     assert stats[0] == pytest.approx((0.3054,) * 3, abs=1e-4)  # seed 0's split, pinned
     assert stats[1] == pytest.approx((0.3237,) * 3, abs=1e-4)
-    corrected = R.load_digits32(cfg_factory(dataset="digits32", augmentation="corrected"))
+    corrected = read(cfg_factory(dataset="digits32", augmentation="corrected"))
     assert corrected.tensors.stats == stats
     x, y = big.test[3]
     m, s = (torch.tensor(v)[:, None, None] for v in stats)

@@ -163,7 +163,8 @@ def test_bad_torchrun_environment_is_one_sentence(plain_env, env, match):
 @pytest.mark.parametrize("device,match", [("cuda", "LOCAL_RANK=1 but this node sees 1 GPU"),
                                           ("cuda:1", "names one GPU")])
 def test_gpu_ranks_need_their_own_gpu(plain_env, device, match):
-    plain_env.setattr(torch.cuda, "device_count", lambda: 1)
+    plain_env.setattr(torch.cuda, "device_count", lambda: 1)  # a node with one GPU
+    plain_env.setattr(torch.cuda, "is_available", lambda: True)
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", **MASTER}.items():
         plain_env.setenv(name, value)
     with pytest.raises(ConfigError, match=match):

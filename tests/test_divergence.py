@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 import learner_task_itaml as L
+from utils.run import epochs as E
+from utils.run.epochs import train_session
 from utils.errors import ConfigError, Diverged
 from utils.run.session import run
 
@@ -88,12 +90,11 @@ def batches(n=4):
 
 
 def test_epoch_losses_hold_one_finite_float_an_epoch(cfg_factory):
-    meta = learner(cfg_factory, epochs=3)
-    last = meta.train_session(batches())
-    assert len(meta.epoch_losses) == 3
-    assert all(type(loss) is float and math.isfinite(loss) for loss in meta.epoch_losses)
-    assert meta.epoch_losses[-1] == last
-    assert meta.epoch_losses[0] != meta.epoch_losses[-1]  # each epoch's own, not one repeated
+    result = train_session(learner(cfg_factory, epochs=3), batches())
+    assert len(result.losses) == 3
+    assert all(type(loss) is float and math.isfinite(loss) for loss in result.losses)
+    assert result.final_loss == result.losses[-1]
+    assert result.losses[0] != result.losses[-1]  # each epoch's own, not one repeated
 
 
 def test_weights_gone_non_finite_under_a_finite_loss_stop_the_session(cfg_factory, monkeypatch):
@@ -108,8 +109,7 @@ def test_weights_gone_non_finite_under_a_finite_loss_stop_the_session(cfg_factor
     meta = learner(cfg_factory, epochs=3)
     with pytest.raises(Diverged, match=r"^session 1 diverged: the weights became non-finite in "
                                        r"epoch 1 of 3; lower args.lr \(now 0.1\)"):
-        meta.train_session(batches(1))
-    assert meta.epoch_losses == []
+        train_session(meta, batches(1))
     assert not meta.weights.attached()  # the model was handed back, its weights its own
 
 
@@ -117,14 +117,15 @@ def test_a_non_finite_loss_on_another_rank_stops_this_one_too(cfg_factory, monke
     """Under torchrun the flags are summed over the ranks: pretend another rank's loss is NaN."""
     def other_rank_nan(tensors, ctx):
         tensors[0][0] += 1
-    monkeypatch.setattr(L.distributed, "all_reduce_sum_", other_rank_nan)
+    monkeypatch.setattr(E.distributed, "all_reduce_sum_", other_rank_nan)
     with pytest.raises(Diverged, match="the training loss became non-finite in epoch 1 of 3"):
-        learner(cfg_factory).train_session(batches())
+        train_session(learner(cfg_factory), batches())
 
 
 def test_the_check_reads_the_device_once_an_epoch(cfg_factory, monkeypatch):
     """Every conversion of a tensor to a Python value made in the learner's own code: one an epoch
-    (loss and flags together), none a step. split_by_task reads labels already on the host."""
+    (loss and flags together), none a step, in the learner's and the epochs' code. split_by_task
+    reads labels already on the host."""
     reads = []
 
     def counted(name):
@@ -132,11 +133,11 @@ def test_the_check_reads_the_device_once_an_epoch(cfg_factory, monkeypatch):
 
         def read(self, *a, **k):
             caller = sys._getframe(1).f_code
-            if caller.co_filename == L.__file__ and caller.co_name != "split_by_task":
+            if caller.co_filename in (L.__file__, E.__file__) and caller.co_name != "split_by_task":
                 reads.append(caller.co_name)
             return real(self, *a, **k)
         return read
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, counted(name))
-    learner(cfg_factory, epochs=3).train_session(batches(4))
+    train_session(learner(cfg_factory, epochs=3), batches(4))
     assert len(reads) == 3, reads

@@ -102,7 +102,9 @@ def test_a_killed_evaluation_resumes_and_keeps_what_it_finished(digits_run, tmp_
 
 @pytest.mark.parametrize("texts,pattern", [
     (["lr=0.5"], r"^the override 'lr=0.5' changes args.lr, which the saved models were trained "
-                 r"with; utils.run.evaluate takes only inference fields \(continuum, adapt_lr, "),
+                 r"with; utils.run.evaluate takes only how they are tested and where and how fast "
+                 r"that runs \(the kinds inference, speed, machine: test_batch, num_workers, "
+                 r"continuum, adapt_lr, "),
     (["adapt_lr=fast"], r"args.adapt_lr = 'fast', which is invalid; it must be a number > 0.0"),
     (["adapt_bn=sometimes"], r"it must be one of 'release', 'reestimate'"),
     (["adaptlr=1"], r"names no field of args \(did you mean 'adapt_lr'\?\)"),

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import data_sources as S
 import learner_task_itaml as L
+from utils.run.epochs import train_session
 import utils.data.augmentation as A
 import utils.data.sources as SRC
 import utils.fast.device as DV
@@ -272,7 +274,7 @@ def test_test_batches_equal_the_torchvision_transforms(dataset, setting, tmp_pat
     torch.testing.assert_close(x, want, rtol=0, atol=1e-5)
     assert y.tolist() == [data.test_set[i][1] for i in indices] and y.device.type == "cpu"
     # one description of the augmentation feeds the torchvision transforms and the batches
-    assert data.on_device[id(data.train_set)][2] is A.IN_MEMORY_AUGMENT[setting][dataset]
+    assert data.on_device[id(data.train_set)][2] is S.DATASETS[dataset].augment[setting]
 
 
 def test_corrected_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(tmp_path, monkeypatch,
@@ -282,8 +284,8 @@ def test_corrected_cifar_augmentation_is_a_padded_crop_and_maybe_a_flip(tmp_path
     indices = cifar.task_indices(0)
     loader = cifar.loader(cifar.train_set, indices, 8, shuffle=True, seed=3)
     plain = {i: cifar.train_plain[i][0] for i in indices}
-    pad = (torch.zeros(3, 1, 1) - torch.tensor(A.CIFAR100_STATS[0])[:, None, None]) \
-        / torch.tensor(A.CIFAR100_STATS[1])[:, None, None]  # zero pixels, normalised
+    pad = (torch.zeros(3, 1, 1) - torch.tensor(S.CIFAR100_STATS[0])[:, None, None]) \
+        / torch.tensor(S.CIFAR100_STATS[1])[:, None, None]  # zero pixels, normalised
     order = []
     for x, y in loader:
         for image, label in zip(x, y):
@@ -366,7 +368,7 @@ def fitted_motion(image, side=32):
 @pytest.mark.parametrize("setting, dataset", sorted(IN_MEMORY))
 def test_augment_batch_draws_each_pipelines_crop_flip_and_rotation(setting, dataset):
     padding, flips, degrees = IN_MEMORY[setting, dataset]
-    augment = A.IN_MEMORY_AUGMENT[setting][dataset]
+    augment = S.DATASETS[dataset].augment[setting]
     images = coded_images(64)
     out = A.augment_batch(images, augment, torch.Generator().manual_seed(0))
     assert torch.equal(out, A.augment_batch(images, augment, torch.Generator().manual_seed(0)))
@@ -397,7 +399,7 @@ def test_a_session_trains_and_evaluates_on_held_tensors(cifar):
     model = ReducedResNet18((3, 32, 32), cfg.num_class)
     memory = ReplayMemory(cfg.memory, "random", 0)
     for t in (0, 1):
-        loss = L.MetaLearner(model, cfg, t).train_session(cifar.train_loader(t, memory, t))
+        loss = train_session(L.MetaLearner(model, cfg, t), cifar.train_loader(t, memory, t)).final_loss
         memory.update(cifar, cifar.task_classes(t), t, model)
         results = I.evaluate(model, cifar, memory, t, cfg, "cpu")
         assert np.isfinite(loss) and results["num_test_samples"] == 20 * (t + 1)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import learner_task_itaml as L
+from utils.run.epochs import train_session
 from resnet import ReducedResNet18
 from utils.fast.flat import FlatBuffer
 
@@ -77,7 +78,7 @@ def test_attach_and_release():
     assert not flat.attached()
     flat.attach()
     assert flat.attached() and torch.equal(flat.views(flat.data)[0], weight.detach())
-    flat.release()
+    flat.unflatten()
     assert not flat.attached()
     with torch.no_grad():
         flat.data.zero_()
@@ -117,7 +118,7 @@ def test_a_zero_grad_elsewhere_or_a_release_between_steps_changes_nothing(cfg_fa
         b.meta_step(x, y)
         b.model.zero_grad(set_to_none=True)  # would leave the gradient buffer unread if not undone
         if step == 1:
-            b.release()  # the next step puts the weights back in the buffer
+            b.finish()  # the next step puts the weights back in the buffer
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(a.model.buffers(), b.model.buffers()):
@@ -128,7 +129,7 @@ def test_train_session_hands_back_weights_of_their_own(cfg_factory):
     torch.manual_seed(0)
     learner = _learner(cfg_factory, ReducedResNet18((3, 8, 8), 20))
     learner.cfg.epochs = 1
-    learner.train_session([_batch()])
+    train_session(learner, [_batch()])
     assert not learner.weights.attached() and not learner.running.attached()
     assert all(p.grad is None for p in learner.model.parameters())
     storages = {p.untyped_storage().data_ptr() for p in learner.model.parameters()}

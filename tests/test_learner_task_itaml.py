@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from learner_task_itaml import MetaLearner, eta_for, lr_at, single_sample_guard, task_loss
+from learner_task_itaml import MetaLearner, eta_for, single_sample_guard, task_loss
 
 LR = 0.3
 CPT = 2
@@ -334,28 +334,6 @@ def test_task_loss_uses_only_the_task_slice():
     assert torch.equal(logits.grad[0, :2], torch.zeros(2))
 
 
-def test_lr_schedule_steps_at_milestones(cfg_factory):
-    cfg = cfg_factory(lr=0.1, gamma=0.5, schedule=[5, 10, 15])
-    assert [lr_at(cfg, e) for e in (0, 4, 5, 9, 10, 15, 19)] == pytest.approx(
-        [0.1, 0.1, 0.05, 0.05, 0.025, 0.0125, 0.0125])
-
-
-def test_training_shows_an_epoch_progress_bar(cfg_factory, monkeypatch):
-    import io
-    import sys
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-    monkeypatch.setattr(sys, "stderr", Terminal())
-    x, y = batch()
-    cfg = cfg_factory(variant="paper", r=1, optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0,
-                      beta=1.0, num_class=4, class_per_task=CPT, num_task=2, epochs=3, schedule=[])
-    MetaLearner(Tiny(), cfg, session=1).train_session([(x, y)], desc="session 1/1")
-    shown = sys.stderr.getvalue()
-    assert "session 1/1" in shown and "/3 [" in shown and "epoch/s" in shown and "loss=" in shown
-
-
 def test_the_release_unused_prelu_stays_out_of_training(cfg_factory):
     """The reduced ResNet-18's frozen PReLU weight is no part of θ: the learner's buffer leaves it
     out, and a meta-step with weight decay (which would shrink a weight with a zero gradient) and
@@ -373,62 +351,3 @@ def test_the_release_unused_prelu_stays_out_of_training(cfg_factory):
     learner.meta_step(torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 2]))
     assert model.unused_prelu.weight.item() == 0.25
     assert not torch.equal(model.features.conv1.weight, conv)  # the step did train θ
-
-
-class Selectable(nn.Module):
-    """One weight and one BatchNorm buffer, both set to the epoch number after each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(1))
-        self.register_buffer("stat", torch.zeros(1))
-
-
-@pytest.mark.parametrize("accuracies,epochs,kept", [
-    # no late epoch (0-based > epochs − 10 = 2) beats epoch 1's 90: the last epoch's weights stay
-    ([50, 90, 60, 70, 80, 85, 89, 88, 87, 86, 80, 70], 12, 12),
-    # epoch 8 beats everything before it; epoch 10 ties it and does not replace it
-    ([50, 90, 60, 70, 80, 85, 89, 88, 95, 86, 95, 70], 12, 9),
-    # every later record replaces the kept one; a best early epoch counts only as the bar
-    ([99, 10, 20, 30, 40, 50, 60, 70, 80, 99.5, 99.7, 10], 12, 11),
-    # epoch 2 = epochs − 10 is not late: its record only raises the bar
-    ([50, 60, 95, 70, 80, 85, 89, 88, 87, 86, 80, 70], 12, 12),
-    # with fewer than 10 epochs every epoch may be kept (the release's MNIST session 0: 5)
-    ([40, 70, 60, 50, 45], 5, 2),
-    # nothing beats 0 (the release's starting bar): the last epoch's weights
-    ([0, 0, 0], 3, 3),
-])
-def test_release_model_selection_keeps_the_best_late_epoch(accuracies, epochs, kept):
-    from learner_task_itaml import ReleaseSelection
-    model, selection = Selectable(), ReleaseSelection(epochs)
-    for epoch, acc in enumerate(accuracies):
-        with torch.no_grad():
-            model.w.fill_(epoch + 1)
-            model.stat.fill_(epoch + 1)
-        selection.after_epoch(epoch, acc, model)
-    selection.restore(model)
-    assert model.w.item() == kept and model.stat.item() == kept  # statistics come with the weights
-    assert selection.summary() == {"model_selection": "release", "selected_epoch": kept,
-                                   "selection_test_acc_per_epoch": accuracies}
-
-
-def test_train_session_reads_the_test_accuracy_after_every_epoch_and_restores(cfg_factory):
-    x, y = batch()
-    cfg = cfg_factory(variant="paper", r=1, optimizer="sgd", lr=LR, momentum=0.0, weight_decay=0.0,
-                      beta=1.0, num_class=4, class_per_task=CPT, num_task=2, epochs=4, schedule=[],
-                      model_selection="release")
-    model = Tiny()
-    snapshots = []
-
-    def test_accuracy():  # epoch 2 (1-based) is the best
-        snapshots.append(numpy_weights(model))
-        return [10.0, 30.0, 20.0, 25.0][len(snapshots) - 1]
-    learner = MetaLearner(model, cfg, session=1)
-    learner.train_session([(x, y)], test_accuracy=test_accuracy)
-    assert len(snapshots) == 4
-    for got, want in zip(numpy_weights(model), snapshots[1]):
-        np.testing.assert_array_equal(got, want)
-    assert learner.selection["selected_epoch"] == 2
-    plain = MetaLearner(Tiny(), cfg, session=1)
-    plain.train_session([(x, y)])
-    assert plain.selection == {"model_selection": "last", "selected_epoch": 4}

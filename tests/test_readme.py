@@ -33,9 +33,9 @@ README's). What happens to each, by its program:
 
 The rest: the README is at most 15 KB; every relative link and image in README.md and docs/*.md
 names a file that exists (and a heading that exists, for a ``#anchor``); every docs page is linked
-from the README; the README's result tables repeat their page's rows exactly; docs/args.md names
-every field of ``utils/config.py``'s SCHEMA once, in its order; every script's ``args`` holds the
-schema's fields; ``--help`` lists them.
+from the README; the README's result tables repeat their page's rows exactly; docs/args.md is what
+``python3 -m utils.fields`` writes from the table of fields; every script's ``args`` holds the
+table's fields in its order; ``--help`` lists each with its meaning, kind, values and default.
 """
 import functools
 import glob
@@ -49,7 +49,9 @@ import sys
 
 import pytest
 
-from utils.config import SCHEMA, check_args
+from utils import fields as table
+from utils.config import check_args
+from utils.fields import FIELDS, REQUIRED
 from utils.run import overrides, sweep
 from utils.run.sweep.__main__ import main as sweep_main
 
@@ -314,11 +316,17 @@ def test_help_lists_every_field_with_its_valid_values(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "usage: python3 train_digits.py [start_task] [field=value ...]"
-    fields = [line.split()[0] for line in out if line.startswith("  ")]
-    assert fields == list(SCHEMA)
-    for line in out[-len(SCHEMA):]:
-        name, valid = line.split(None, 1)
-        assert valid == SCHEMA[name][1]
+    entries = {}  # each field's entry: its first line (two spaces, the name) and those indented more
+    for line in out[out.index(next(l for l in out if l.startswith("field=value"))) + 1:]:
+        if line.startswith("  ") and not line.startswith("   "):
+            name, rest = line.split(None, 1)
+            entries[name] = rest
+        else:
+            entries[name] += " " + line.strip()
+    assert list(entries) == list(FIELDS)
+    for name, f in FIELDS.items():
+        default = "" if f.default is REQUIRED else f"; default {f.default!r}"
+        assert entries[name] == f"{f.meaning.replace('`', '')} [{f.kind}] ({f.valid}{default})"
     with pytest.raises(SystemExit):
         overrides.parse_command_line(["-h"], "train_digits.py")
     assert capsys.readouterr().out.startswith("usage: ")
@@ -328,21 +336,15 @@ def test_help_lists_every_field_with_its_valid_values(capsys):
 # The args reference
 
 
-def reference_fields():
-    """The field names of docs/args.md's table, row by row, in order."""
-    names = []
-    for line in read("docs/args.md").splitlines():
-        if line.startswith("| `"):
-            first_cell = line.split("|")[1]
-            names += re.findall(r"`([^`]+)`", first_cell)
-    return names
+def test_the_args_reference_is_written_from_the_table_of_fields():
+    assert read("docs/args.md") == table.reference(), \
+        "docs/args.md is stale: run python3 -m utils.fields > docs/args.md"
 
 
-def test_the_args_reference_names_every_schema_field_once_in_order():
-    names = reference_fields()
-    assert [n for n in names if n not in SCHEMA] == [], "fields the schema does not know"
-    assert sorted(set(n for n in names if names.count(n) > 1)) == [], "fields named twice"
-    assert names == list(SCHEMA)
+def test_the_args_reference_has_a_row_for_every_field_in_order():
+    rows = [line.split("|")[1].strip() for line in read("docs/args.md").splitlines()
+            if line.startswith("| `")]
+    assert rows == [f"`{name}`" for name in FIELDS]
 
 
 def script_fields(script):
@@ -351,14 +353,14 @@ def script_fields(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_writes_out_the_schema_fields(script):
+def test_every_script_writes_out_the_fields(script):
     fields = script_fields(script)
-    assert sorted(fields) == sorted(SCHEMA) and len(fields) == len(SCHEMA)
+    assert sorted(fields) == sorted(FIELDS) and len(fields) == len(FIELDS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_writes_them_in_the_schema_order(script):
-    assert script_fields(script) == list(SCHEMA)
+def test_every_script_writes_them_in_the_table_order(script):
+    assert script_fields(script) == list(FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ import sys
 import pytest
 import torch
 
-from learner_task_itaml import MetaLearner, lr_at
-from resnet import build_network, load_release_state_dict
+from data_sources import build_network
+from learner_task_itaml import MetaLearner
+from resnet import load_release_state_dict
+from utils.run.epochs import lr_at
 from utils.config import check_args, for_session
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "release_runner.py")
@@ -118,7 +120,7 @@ def our_step(case, release_state):
     model.train()
     for x, y in case["batches"]:
         learner.meta_step(x, y)
-    learner.release()
+    learner.finish()
     return model
 
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from resnet import (MLP, NETWORKS, CelebResNet18, PowerMeanPool, ReducedResNet18, ResNet18,
-                    build_network, load_release_state_dict)
+from data_sources import DATASETS, build_network
+from resnet import (MLP, CelebResNet18, PowerMeanPool, ReducedResNet18, ResNet18,
+                    load_release_state_dict)
 from utils.errors import ConfigError
 
 # a small input for each data set name (ResNet-18 at 32/64 px to keep the tests fast)
@@ -44,15 +45,16 @@ def test_head_rows_are_the_logits():
 
 
 def test_unknown_network():
-    with pytest.raises(ConfigError, match="no network is defined for 'places365'"):
+    with pytest.raises(ConfigError, match="no data set is called 'places365'"):
         build_network("places365", (3, 32, 32), 365)
 
 
 def test_every_data_set_has_a_network():
-    assert set(NETWORKS) == set(SHAPES)
-    assert {NETWORKS[d] for d in ("cifar100", "svhn", "digits32")} == {ReducedResNet18}
-    assert {NETWORKS[d] for d in ("imagenet", "cub200")} == {ResNet18}
-    assert NETWORKS["celeb"] is CelebResNet18
+    networks = {name: spec.network for name, spec in DATASETS.items()}
+    assert set(networks) == set(SHAPES)
+    assert {networks[d] for d in ("cifar100", "svhn", "digits32")} == {ReducedResNet18}
+    assert {networks[d] for d in ("imagenet", "cub200")} == {ResNet18}
+    assert networks["celeb"] is CelebResNet18 and {networks["mnist"], networks["digits"]} == {MLP}
 
 
 @pytest.mark.parametrize("dataset", sorted(SHAPES))

@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from resnet import CelebResNet18, ReducedResNet18, ResNet18, build_network
+from data_sources import build_network, dataset_spec
+from resnet import CelebResNet18, ReducedResNet18, ResNet18
 from tests.support import fake_data as F
 from utils.config import check_args
-from utils.data.augmentation import image_size
 from utils.run.session import run
 
 # The hyper-parameters the scripts must ship (the release's, where it had the data set).
@@ -87,7 +87,7 @@ def test_shipped_args(name):
     cfg = check_args(importlib.import_module(name).args)
     for field, value in dict(SHIPPED[name], **RELEASE).items():
         assert getattr(cfg, field) == value, field
-    assert image_size(cfg) == SIDE[name]
+    assert dataset_spec(cfg.dataset).image_size(cfg) == SIDE[name]
     assert cfg.sessions == SESSIONS.get(name, {})
     assert cfg.model_selection == "last"  # no test data reaches a training decision by default
 

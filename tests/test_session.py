@@ -197,9 +197,9 @@ def test_corrupt_or_missing_checkpoint_files(finished_two, folder, name, content
 
 
 def test_corrupt_earlier_record_stops_before_training(finished_two, monkeypatch):
-    import learner_task_itaml
+    from utils.run import session
     open(os.path.join(finished_two.checkpoint, "session_0.json"), "w").write("{")
-    monkeypatch.setattr(learner_task_itaml.MetaLearner, "train_session",
+    monkeypatch.setattr(session, "train_session",
                         lambda *a, **k: pytest.fail("trained despite a corrupt record"))
     with pytest.raises(ConfigError, match=r"session_0.json is corrupt .*run `python3 "
                                           r"train_digits.py 0` to redo session 0"):
@@ -359,7 +359,8 @@ def test_a_changed_memory_that_still_parses_is_caught_by_its_checksum(finished_t
 def test_a_record_that_is_not_a_record(finished_two):
     open(os.path.join(finished_two.checkpoint, "session_0.json"), "w").write("[]")
     with pytest.raises(ConfigError, match=r"session_0.json is corrupt \(it is not the record of "
-                                          r"session 0\); move .* and run `python3 train_digits.py 0`"):
+                                          r"session 0: it is not a JSON object\); move .* and run `python3 "
+                                          r"train_digits.py 0`"):
         run(finished_two, 2, "train_digits.py")
 
 
@@ -382,15 +383,15 @@ def test_ctrl_c_just_after_a_record_names_the_next_session(small_args, monkeypat
 def test_session_t_trains_on_its_task_and_the_memory_of_session_t_minus_1(small_args, monkeypatch):
     """Alg. 1: session t's mini-batches come from D(t) ∪ M(t−1). Choosing M(t) first would add task
     t's own exemplars and shrink the older classes' share before training."""
-    import learner_task_itaml as L
     from incremental_dataloader import IncrementalData
+    from utils.run import session
     seen = {}
-    real = L.MetaLearner.train_session
+    real = session.train_session
 
-    def spy(self, loader, desc="train", test_accuracy=None):
-        seen[self.session] = sorted(loader.dataset.indices)
-        return real(self, loader, desc, test_accuracy)
-    monkeypatch.setattr(L.MetaLearner, "train_session", spy)
+    def spy(method, loader, desc="train", test_accuracy=None):
+        seen[method.session] = sorted(loader.dataset.indices)
+        return real(method, loader, desc, test_accuracy)
+    monkeypatch.setattr(session, "train_session", spy)
     run(small_args, 0, "train_digits.py")
     data = IncrementalData(check_args(small_args))
     for t in (1, 2):

@@ -12,9 +12,10 @@ import copy
 import torch
 from tqdm import tqdm
 
-from learner_task_itaml import single_sample_guard, task_loss, task_slice
+from learner_task_itaml import single_sample_guard, task_loss
 from utils.fast import distributed
 from utils.fast.device import autocast, prepare_model, to_input
+from utils.tasks import class_at, seen_classes, task_of, task_slice
 
 PROTOCOLS = ("task_agnostic", "per_sample", "task_aware", "base")
 CONTINUUM_SIZES = (1, 2, 5, 10, 20, 50)  # the sizes acc_task_agnostic_by_continuum reports
@@ -35,7 +36,7 @@ def predict_logits(model, loader, device, cfg=None):
 
 def task_scores(logits, num_tasks, class_per_task):
     """s[n, k]: the largest logit of sample n in task k's slice of the head."""
-    seen = logits[:, :num_tasks * class_per_task]
+    seen = logits[:, :seen_classes(num_tasks - 1, class_per_task)]
     return seen.reshape(len(logits), num_tasks, class_per_task).amax(2)
 
 
@@ -138,7 +139,7 @@ def base_test_accuracy(model, data, session, cfg, device, ctx=distributed.DistCo
     prediction the argmax over their rows of the head: what the release's model selection reads."""
     indices = data.seen_test_indices(session)
     logits, labels = predict_test(model, data, indices, cfg, device, ctx)
-    return accuracy(logits[:, :(session + 1) * cfg.class_per_task].argmax(1), labels)
+    return accuracy(logits[:, :seen_classes(session, cfg.class_per_task)].argmax(1), labels)
 
 
 def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.DistContext()):
@@ -153,7 +154,7 @@ def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.
     prepare_model(model, cfg)
     indices = data.seen_test_indices(session)
     logits, labels = predict_test(model, data, indices, cfg, device, ctx)
-    true_task = labels // cpt
+    true_task = task_of(labels, cpt)
     scores = task_scores(logits, num_tasks, cpt)
     generator = torch.Generator().manual_seed(seed)
     routes = {  # the task whose adapted model classifies each sample, per protocol
@@ -174,9 +175,9 @@ def evaluate(model, data, memory, session, cfg, device, seed=0, ctx=distributed.
             # every rank adapts its own copy the same way (same exemplars, same seed)
             adapted = adapt(model, data, memory, k, cfg, device, seed + k)
             logits_k, _ = predict_test(adapted, data, indices[positions.numpy()], cfg, device, ctx)
-        within[positions] = logits_k[:, task_slice(k, cpt)].argmax(1) + k * cpt
+        within[positions] = class_at(logits_k[:, task_slice(k, cpt)].argmax(1), k, cpt)
     preds = {name: torch.where(route == true_task, within, -1) for name, route in routes.items()}
-    preds["base"] = logits[:, :num_tasks * cpt].argmax(1)
+    preds["base"] = logits[:, :seen_classes(session, cpt)].argmax(1)
     results = {f"acc_{name}": accuracy(pred, labels) for name, pred in preds.items()}
     results["task_prediction_acc"] = accuracy(routes["task_agnostic"], true_task)
     results["task_prediction_acc_per_sample"] = accuracy(routes["per_sample"], true_task)

@@ -1,7 +1,9 @@
-"""Each data set's transforms under ``args.augmentation``: "release" as the authors' code had them,
-"corrected" as docs/data.md explains (``pipeline``); the channel statistics they normalise with; the
-side of the images a network sees (``image_size``); and, for the data sets held in memory, the same
-augmentation on a batch on the device (``augment_batch``, ``args.gpu_data``).
+"""The parts a data set's transforms are made of (each data set's own, under either
+``args.augmentation`` setting, are in its spec, ``data_sources.py``): the random part of a training
+pipeline (``Augmentation``), a pipeline (``Pipeline``), the two kinds of pipeline of the data sets read
+from image files (faces, objects), channel statistics measured when the data are read, and for the
+data sets held in memory the same augmentation on a batch on the device (``augment_batch``,
+``args.gpu_data``).
 """
 import math
 from dataclasses import dataclass, field
@@ -12,36 +14,9 @@ import torch.nn.functional as F
 
 from utils.data.sources import ImageFiles
 
-# Per-channel statistics of each training set, as published for these data sets.
-CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# The release's CIFAR-100 values, a little off the published ones; it normalised MS-Celeb with them too.
-RELEASE_CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 ESTIMATED = "estimated"  # statistics measured on STATS_SAMPLE training images when the data are read
 STATS_SAMPLE = 500  # training images that estimate CUB's and MS-Celeb's channel statistics
 MEASURED = "measured"  # statistics of every training image, computed when the data are read (digits32)
-# The statistics each pipeline normalises with (None: it does not normalise); MNIST's and the
-# digits' are the same under both settings (their readers).
-STATS = {
-    "release": {"cifar100": RELEASE_CIFAR100_STATS, "svhn": IMAGENET_STATS,
-                "imagenet": IMAGENET_STATS, "celeb": RELEASE_CIFAR100_STATS, "cub200": None,
-                "digits32": MEASURED},
-    "corrected": {"cifar100": CIFAR100_STATS, "svhn": SVHN_STATS, "imagenet": IMAGENET_STATS,
-                  "celeb": ESTIMATED, "cub200": ESTIMATED, "digits32": MEASURED},
-}
-# Side of the square images the networks see: fixed by the data set, or for the image-file data sets
-# args.image_size, else the crop of the chosen pipeline (the release cropped ImageNet to 112).
-FIXED_SIZE = {"mnist": 28, "digits": 8, "digits32": 32, "cifar100": 32, "svhn": 32}
-DEFAULT_IMAGE_SIZE = {"release": {"imagenet": 112, "celeb": 112, "cub200": 224},
-                      "corrected": {"imagenet": 224, "celeb": 112, "cub200": 224}}
-
-
-def image_size(cfg):
-    """The side of the square images ``cfg``'s network sees."""
-    if cfg.dataset in FIXED_SIZE:
-        return FIXED_SIZE[cfg.dataset]
-    return cfg.image_size or DEFAULT_IMAGE_SIZE[cfg.augmentation][cfg.dataset]
 
 
 @dataclass(frozen=True)
@@ -65,25 +40,6 @@ class Augmentation:
                 + [T.ColorJitter(brightness=self.brightness)] * bool(self.brightness))
 
 
-RELEASE_DEGREES = 10  # every training pipeline of the release rotated by up to 10°
-# The augmentation of the data sets held in memory, read both by their torchvision transforms and by
-# augment_batch (args.gpu_data), so the two draw from the same distribution.
-IN_MEMORY_AUGMENT = {
-    "release": {"cifar100": Augmentation(4, flip=True, degrees=RELEASE_DEGREES),
-                "svhn": Augmentation(4, flip=True, degrees=RELEASE_DEGREES),
-                # digits32 has no release; it takes the shape of the release's SVHN pipeline
-                "digits32": Augmentation(4, flip=True, degrees=RELEASE_DEGREES)},
-    # Digits are never flipped: a mirrored 2 or 5 is no longer that digit.
-    "corrected": {"cifar100": Augmentation(4, flip=True),
-                  "svhn": Augmentation(2, degrees=10),
-                  "digits32": Augmentation(2, degrees=10)},
-}
-# The release's (crop, train resize, test resize) sides of its scale-augmented pipelines; at another
-# args.image_size both resize sides keep their ratio to the crop.
-RELEASE_RESIZE = {"imagenet": (112, 120, 115), "cub200": (224, 230, 230)}
-CUB_BRIGHTNESS = 63 / 255  # the release's ColorJitter on CUB
-
-
 @dataclass
 class Pipeline:
     """One data set's transforms under one args.augmentation. Training: ``train_prep``, ``augment``,
@@ -103,38 +59,27 @@ class Pipeline:
                 T.Compose(self.test_prep + tail))
 
 
-def pipeline(dataset, setting, size):
-    """The Pipeline of ``dataset`` (one with images: not MNIST, not the 8×8 digits) under
-    args.augmentation = ``setting`` for ``size``-px crops: "release" as the authors' code had it,
-    "corrected" as docs/data.md explains. ``stats`` ESTIMATED or MEASURED: the reader fills them in."""
-    stats = STATS[setting][dataset]
-    if dataset in IN_MEMORY_AUGMENT[setting]:
-        return Pipeline(size, IN_MEMORY_AUGMENT[setting][dataset], stats)
-    if dataset == "celeb":
-        return _faces(setting, size, stats)
-    return _objects(dataset, setting, size, stats)
-
-
-def _faces(setting, size, stats):
-    """Aligned faces: a padded shift and a mirror, no rescaling. Resizing to the crop side lets other
-    sizes batch; on the release's 112-px faces at 112 it is a no-op (PIL returns a copy)."""
+def faces_pipeline(setting, size, stats, release):
+    """Aligned faces (MS-Celeb): a padded shift and a mirror, no rescaling; ``release`` is the
+    release's augmentation. Resizing to the crop side lets other sizes batch; on the release's 112-px
+    faces at 112 it is a no-op (PIL returns a copy)."""
     from torchvision import transforms as T
     square = [T.Resize((size, size))]
-    if setting == "release":
-        return Pipeline(size, Augmentation(4, flip=True, degrees=RELEASE_DEGREES), stats, square,
-                        square)
-    return Pipeline(size, Augmentation(size // 14, flip=True), stats, square, square)
+    augment = release if setting == "release" else Augmentation(size // 14, flip=True)
+    return Pipeline(size, augment, stats, square, square)
 
 
-def _objects(dataset, setting, size, stats):
-    """ImageNet and CUB: scale-augmented crops to train, a centre crop to test."""
+def objects_pipeline(setting, size, stats, release_sides, degrees, brightness=0):
+    """Objects (ImageNet, CUB): scale-augmented crops to train, a centre crop to test. The release
+    resized to ``release_sides`` = (crop, train resize, test resize), rotated by up to ``degrees`` and
+    jittered the brightness by ``brightness``; at another crop side both resize sides keep their
+    ratio to the crop."""
     from torchvision import transforms as T
     if setting == "corrected":
         return Pipeline(size, Augmentation(flip=True), stats, [],
                         [T.Resize(size * 8 // 7), T.CenterCrop(size)])
-    crop, train_side, test_side = RELEASE_RESIZE[dataset]
-    brightness = CUB_BRIGHTNESS if dataset == "cub200" else 0
-    return Pipeline(size, Augmentation(flip=True, degrees=RELEASE_DEGREES, brightness=brightness),
+    crop, train_side, test_side = release_sides
+    return Pipeline(size, Augmentation(flip=True, degrees=degrees, brightness=brightness),
                     stats, [T.Resize(round(size * train_side / crop))],
                     [T.Resize(round(size * test_side / crop)), T.CenterCrop(size)])
 

@@ -1,11 +1,11 @@
-"""Every data set of the paper as read from disk: one reader per ``args.dataset``, each returning a
-``Source`` (``data_sources.py`` names them).
+"""Every data set of the paper as read from disk: one reader per ``args.dataset``, each called with
+the args and the data set's ``Pipeline`` under ``args.augmentation`` (None for a data set nothing
+augments) and returning a ``Source`` (``data_sources.py`` holds each data set's spec).
 
 torchvision reads what it knows (MNIST, CIFAR-100, SVHN, ``ImageFolder`` trees for ImageNet and
 MS-Celeb) and downloads what it can; CUB-200-2011's text files and MS-Celeb-1M's identity folders are
 read here. When data are absent and cannot be had, the error names the data set, ``args.data_path``, the
-expected layout and where to get it. Each data set's transforms follow ``args.augmentation``
-(``utils/data/augmentation.py``).
+expected layout and where to get it.
 """
 import os
 import random
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.data.augmentation import ESTIMATED, MEASURED, estimate_stats, image_size, pipeline
+from utils.data.augmentation import ESTIMATED, MEASURED, estimate_stats
 from utils.data.sources import ImageArray, ImageFiles, Source, TensorData, Tensors
 from utils.errors import ConfigError
 
@@ -59,7 +59,7 @@ def _read_mnist(root, train):
                           f"t10k-labels-idx1-ubyte in {os.path.join(root, 'MNIST', 'raw')}.") from e
 
 
-def load_mnist(cfg):
+def load_mnist(cfg, pipe=None):
     """MNIST through torchvision, held in memory as normalised 1×28×28 tensors (no augmentation)."""
     splits = []
     for train in (True, False):
@@ -84,7 +84,7 @@ def sklearn_digits(seed):
     return x, labels, tr, te
 
 
-def load_digits(cfg):
+def load_digits(cfg, pipe=None):
     """scikit-learn's bundled 8×8 digits: real data with no download, split 80/20 stratified."""
     x, labels, tr, te = sklearn_digits(cfg.seed)
     mean, std = x[tr].mean(), x[tr].std()
@@ -133,20 +133,19 @@ def channel_stats(images):
     return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
 
 
-def load_digits32(cfg):
+def load_digits32(cfg, pipe):
     """``load_digits``' images, labels and split, upsampled to 32×32 and repeated over three channels
     (``upsampled_digits``): real images for the reduced ResNet-18, held in memory as SVHN is and
     augmented as its pipelines are, normalised with their own training set's statistics."""
     x, labels, tr, te = sklearn_digits(cfg.seed)
     images = upsampled_digits(x)
     train, test = images[tr], images[te]
-    pipe = pipeline("digits32", cfg.augmentation, image_size(cfg))
     if pipe.stats == MEASURED:
         pipe = replace(pipe, stats=channel_stats(train))
     return _array_source(train, labels[tr], test, labels[te], [str(d) for d in range(10)], pipe)
 
 
-def load_cifar100(cfg):
+def load_cifar100(cfg, pipe):
     """CIFAR-100 through torchvision (python pickles under cifar-100-python/), 32×32 RGB."""
     from torchvision import datasets
     root = cfg.data_path
@@ -156,11 +155,10 @@ def load_cifar100(cfg):
         "cifar-100-python/ (the files train, test and meta) or cifar-100-python.tar.gz",
         "https://www.cs.toronto.edu/~kriz/cifar.html") for train in (True, False)]
     train, test = splits
-    return _array_source(train.data, train.targets, test.data, test.targets, train.classes,
-                         pipeline("cifar100", cfg.augmentation, image_size(cfg)))
+    return _array_source(train.data, train.targets, test.data, test.targets, train.classes, pipe)
 
 
-def load_svhn(cfg):
+def load_svhn(cfg, pipe):
     """SVHN through torchvision (train_32x32.mat and test_32x32.mat, read with scipy), 32×32 RGB."""
     from torchvision import datasets
     root = cfg.data_path
@@ -171,8 +169,7 @@ def load_svhn(cfg):
         for split in ("train", "test")]
     train, test = (np.ascontiguousarray(s.data.transpose(0, 2, 3, 1)) for s in splits)
     return _array_source(train, splits[0].labels, test, splits[1].labels,
-                         [str(d) for d in range(10)],
-                         pipeline("svhn", cfg.augmentation, image_size(cfg)))
+                         [str(d) for d in range(10)], pipe)
 
 
 # ------------------------------------------------------------------ image folders and CUB
@@ -193,7 +190,7 @@ def _scan_folder(name, root, split, test_split, where):
     return ds.classes, ds.samples
 
 
-def _folder_source(cfg, name, test_split, where):
+def _folder_source(cfg, pipe, name, test_split, where):
     classes, train = _scan_folder(name, cfg.data_path, "train", test_split, where)
     test_classes, test = _scan_folder(name, cfg.data_path, test_split, test_split, where)
     if test_classes != classes:
@@ -201,24 +198,22 @@ def _folder_source(cfg, name, test_split, where):
         raise ConfigError(f"{name}: the class folders of {os.path.join(cfg.data_path, test_split)} "
                           f"differ from those of {os.path.join(cfg.data_path, 'train')} (e.g. "
                           f"{missing[:3]}); both must hold the same classes.")
-    return _files_source(cfg, train, test, classes)
+    return _files_source(pipe, train, test, classes)
 
 
-def _files_source(cfg, train, test, classes):
-    size = image_size(cfg)
-    pipe = pipeline(cfg.dataset, cfg.augmentation, size)
+def _files_source(pipe, train, test, classes):
     if pipe.stats == ESTIMATED:
         pipe = replace(pipe, stats=estimate_stats(train, pipe))
     train_tf, test_tf = pipe.transforms()
     train_set = ImageFiles(train, train_tf)
     test_set = ImageFiles(test, test_tf)
     return Source(train_set, ImageFiles(train, test_tf), test_set, train_set.labels,
-                  test_set.labels, len(classes), (3, size, size), list(classes))
+                  test_set.labels, len(classes), (3, pipe.size, pipe.size), list(classes))
 
 
-def load_imagenet(cfg):
+def load_imagenet(cfg, pipe):
     """ImageNet (ILSVRC-2012) in the class-folder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
-    return _folder_source(cfg, "ImageNet", "val",
+    return _folder_source(cfg, pipe, "ImageNet", "val",
                           "https://image-net.org/download, with val/ sorted into class folders")
 
 
@@ -233,12 +228,12 @@ CELEB_MORE_THAN = 45
 CELEB_TRAIN, CELEB_TEST = 30, 15
 
 
-def load_celeb(cfg):
+def load_celeb(cfg, pipe):
     """MS-Celeb-10K: train/<identity>/<image> and test/<identity>/<image> when both folders are there,
     else the release's cut of the identity folders under ``args.data_path`` (``celeb_identities``)."""
     root = cfg.data_path
     if all(os.path.isdir(os.path.join(root, split)) for split in ("train", "test")):
-        return _folder_source(cfg, "MS-Celeb-10K", "test",
+        return _folder_source(cfg, pipe, "MS-Celeb-10K", "test",
                               "a 10,000-identity subset of MS-Celeb-1M's aligned faces")
     names, train, test = celeb_identities(root)
     if not names:
@@ -247,7 +242,7 @@ def load_celeb(cfg):
                           "images; put there train/<identity>/<image> and test/<identity>/<image> "
                           "folders, or MS-Celeb-1M's aligned faces as one folder per identity (those "
                           f"with at least {CELEB_MORE_THAN + 1} images are used).")
-    return _files_source(cfg, train, test, names)
+    return _files_source(pipe, train, test, names)
 
 
 def celeb_identities(root):
@@ -302,7 +297,7 @@ def _read_table(path, columns):
     return rows
 
 
-def load_cub(cfg):
+def load_cub(cfg, pipe):
     """CUB-200-2011 in its standard layout: images.txt, image_class_labels.txt, train_test_split.txt
     and images/; class names from classes.txt when present."""
     root = cfg.data_path
@@ -334,4 +329,4 @@ def load_cub(cfg):
     if absent:
         raise ConfigError(f"CUB-200-2011: {len(absent)} image(s) listed in images.txt are missing, "
                           f"e.g. {absent[0]}; extract the whole archive into {cfg.data_path!r}.")
-    return _files_source(cfg, samples[True], samples[False], classes)
+    return _files_source(pipe, samples[True], samples[False], classes)

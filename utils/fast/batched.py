@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from utils.config import check_batched_tasks
 from utils.errors import ConfigError
+from utils.tasks import class_at, within_task
 
 
 class FirstSteps:
@@ -140,7 +141,7 @@ def pad_tasks(batches, cfg, dtype):
                           for j in range(longest)])
     rows = torch.tensor([[1.0] * n + [0.0] * (longest - n) for n in sizes], dtype=dtype)
     tasks = torch.tensor([k for k, _, _ in batches])
-    cols = tasks[:, None] * cpt + torch.arange(cpt)
+    cols = class_at(torch.arange(cpt), tasks[:, None], cpt)
     count = torch.tensor(sizes, dtype=dtype)
     x = torch.cat([xk for _, xk, _ in batches])
     y = torch.cat([yk for _, _, yk in batches])
@@ -152,7 +153,7 @@ def pad_tasks(batches, cfg, dtype):
     if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)  # each task's [M, ...] slice stays so
     x = x.reshape(num_tasks, longest, *x.shape[1:])
-    within = y[index].reshape(num_tasks, longest) - on_device(tasks * cpt)[:, None]
+    within = within_task(y[index].reshape(num_tasks, longest), on_device(tasks)[:, None], cpt)
     target = F.one_hot(within, cpt).to(dtype)
     return x, on_device(rows), on_device(cols), target, on_device(count)
 

@@ -1,6 +1,19 @@
-"""The speed options of ``args`` where the learner and the inference meet the device: the memory
-layout (``channels_last``) and bf16 autocast (``amp``)."""
+"""Where the learner and the inference meet the device: ``args.device`` resolved (the one place
+"auto" is decided), the memory layout (``channels_last``) and bf16 autocast (``amp``)."""
 import torch
+
+from utils.errors import ConfigError
+
+
+def resolve_device(name):
+    """The torch device ``args.device`` names: "auto" is a GPU when one is visible, else the CPU."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"args.device = {name!r} but no GPU is visible (check "
+                          "CUDA_VISIBLE_DEVICES); use 'auto' or 'cpu'.")
+    return torch.device(name)
 
 
 def prepare_model(model, cfg):

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from utils.errors import ConfigError
+from utils.fast.device import resolve_device
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -45,11 +46,11 @@ class DistContext:
 def setup(device="cpu", timeout=None):
     """Join the torchrun process group (NCCL on GPUs, gloo on the CPU); disabled without torchrun.
 
-    ``device`` is the run's device as resolved from ``args.device`` ("auto" is resolved here too).
+    ``device``: the run's device, or ``args.device``'s text (``utils.fast.device.resolve_device``).
     Under torchrun a GPU device becomes ``cuda:LOCAL_RANK``, one GPU per rank on each node.
     ``timeout`` (a ``datetime.timedelta``) bounds every collective call; None keeps torch's default.
     """
-    device = _as_device(device)
+    device = resolve_device(device)
     env = _torchrun_env()
     if env is None:
         return DistContext(device=device)
@@ -81,12 +82,6 @@ def _backend_available(backend):
     if not dist.is_available():
         return False
     return dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
-
-
-def _as_device(device):
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _torchrun_env():

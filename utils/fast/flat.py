@@ -62,7 +62,7 @@ class FlatBuffer:
             t.data = view
 
     @torch.no_grad()
-    def release(self):
+    def unflatten(self):
         """Give every tensor its own memory again (same values, shapes and strides)."""
         for t in self.tensors:
             t.data = t.data.clone(memory_format=torch.preserve_format)

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 
+from utils.fields import FIELDS
 from utils.report.records import PROTOCOL_LABELS
 
 PAPER_CURVES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_curves.json")
@@ -28,8 +29,8 @@ def paper_curve(records):
     args = records[0].get("args", {})
     with open(PAPER_CURVES) as f:
         known = json.load(f)["curves"]
-    for curve in known:
-        if all(args.get(k) == curve[k] for k in ("dataset", "num_class", "class_per_task")):
+    for curve in known:  # each names the fields of the split the paper measured it on
+        if all(args.get(k) == v for k, v in curve.items() if k in FIELDS):
             return curve
     return None
 

@@ -4,15 +4,15 @@ seeds of one setting, each group labelled by where it departs from the others (`
 import json
 import os
 from collections import namedtuple
-from numbers import Real
 
 from utils import files
-from utils.config import SWITCHES, VARIANTS
 from utils.errors import ConfigError
-from utils.report.records import PROTOCOL_LABELS
+from utils.fields import SWITCHES, VARIANTS, of_kind
+from utils.report.records import check_record
 
-# args that say where and how a run was executed, not what it computes: seeds of one setting may differ
-EXECUTION_FIELDS = ("checkpoint", "savepoint", "data_path", "device", "num_workers")
+# args that say where a run was executed and where its files are, not what it computes: seeds of one
+# setting may differ in them
+EXECUTION_FIELDS = of_kind("machine", "place")
 # runs: [(folder, records)]; setting: the args that define it; differing: {field: value} in its label
 Group = namedtuple("Group", "label runs setting differing")
 
@@ -35,32 +35,12 @@ def load_run(folder):
         try:
             with open(path) as f:
                 record = json.load(f)
-            if record["session"] != t or any(p not in record["per_task"] for p in PROTOCOL_LABELS):
-                raise ValueError("its session number or per-task accuracies are wrong")
-            _check_measurements(record)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            check_record(record, t)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
             raise ConfigError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or rerun "
                               f"session {t}.") from None
         records.append(record)
     return records
-
-
-def _is_number(v):
-    return isinstance(v, Real) and not isinstance(v, bool)
-
-
-def _check_measurements(record):
-    """The optional keys later versions added must hold numbers, or the plots fail far from here."""
-    if not isinstance(record.get("args", {}), dict):
-        raise ValueError("its args are not a mapping of field to value")
-    by_p = record.get("acc_task_agnostic_by_continuum", {})
-    if not isinstance(by_p, dict) or not all(
-            str(p).isdigit() and int(p) > 0 and _is_number(v) for p, v in by_p.items()):
-        raise ValueError("acc_task_agnostic_by_continuum is not a mapping of continuum size to "
-                         "accuracy")
-    loss = record.get("train_loss_per_epoch", [])
-    if not isinstance(loss, list) or not all(_is_number(v) for v in loss):
-        raise ValueError("train_loss_per_epoch is not a list of numbers")
 
 
 def load_runs(folders):

@@ -19,32 +19,33 @@ import sys
 import time
 from types import SimpleNamespace
 
-from incremental_dataloader import IncrementalData
-from resnet import build_network
-from utils.config import SCHEMA, check_args
+from utils.config import check_args
 from utils.errors import ConfigError
+from utils.fields import FIELDS, UNKNOWN, of_kind
+from utils.fast.device import resolve_device
 from utils.files import write_json, write_text
 from utils.inference import evaluate
 from utils.logger import get_logger
-from utils.report.records import format_table, summary_csv
+from utils.report.records import format_table, make_record, summary_csv, training_of
 from utils.report.runs import load_run
 from utils.report.tables import write_report
 from utils.run import overrides
 from utils.run.manifest import environment, recorded_value
-from utils.run.session import (load_class_order, load_memory, load_weights, resolve_device,
-                               session_seed)
+from utils.run.restore import restore_data, restore_session
+from utils.run.session import session_seed
 from utils.run.store import RunStore
 
-# What an evaluation may change: how the saved models are tested, and where things are.
-INFERENCE = ("continuum", "adapt_lr", "adapt_epochs", "adapt_batch", "adapt_bn", "test_batch",
-             "device", "num_workers", "amp", "channels_last")
-LOCATIONS = ("data_path", "savepoint")  # where the run's data and models are now, if they moved
+# What an evaluation may change: how the saved models are tested and where and how fast that runs,
+# and where the run's data and models are now, if they moved (its folder is RUN itself).
+INFERENCE = of_kind("inference", "speed", "machine")
+LOCATIONS = tuple(name for name in of_kind("place") if name != "checkpoint")
 USAGE = "python3 -m utils.run.evaluate RUN [field=value ...] [--out FOLDER]"
 
 
 def run_args(record):
     """The checked args of a session's record (JSON turned session numbers into strings)."""
-    args = {name: recorded_value(record["args"], name) for name in SCHEMA}
+    args = {name: recorded_value(record["args"], name) for name in FIELDS}
+    args = {name: value for name, value in args.items() if value is not UNKNOWN}
     args["sessions"] = {int(t): fields for t, fields in (args["sessions"] or {}).items()}
     return check_args(SimpleNamespace(**args))
 
@@ -56,10 +57,16 @@ def parse(texts, cfg):
         if "=" not in text or not text.split("=", 1)[0]:
             raise ConfigError(f"{text!r} is not a field=value override; usage: {USAGE}")
         name = text.split("=", 1)[0]
-        if name in SCHEMA and name not in INFERENCE + LOCATIONS:
+        if name == "checkpoint":
+            raise ConfigError(f"the override {text!r} moves the run's folder, which is RUN "
+                              f"itself; give it as RUN, and the folder for the new records as "
+                              f"--out; usage: {USAGE}")
+        if name in FIELDS and name not in INFERENCE + LOCATIONS:
             raise ConfigError(f"the override {text!r} changes args.{name}, which the saved models "
-                              f"were trained with; utils.run.evaluate takes only inference fields "
-                              f"({', '.join(INFERENCE)}) and where the data and models are "
+                              f"were trained with; utils.run.evaluate takes only how they are "
+                              f"tested and where and how fast that runs (the kinds inference, "
+                              f"speed, machine: {', '.join(INFERENCE)}) and where the data and "
+                              f"models are "
                               f"({', '.join(LOCATIONS)}); train a new run to change {name}.")
     return overrides.apply(type("args", (), vars(cfg)), texts)[1]
 
@@ -122,9 +129,9 @@ def _source(run, records, values):
     if not os.path.isdir(cfg.savepoint):
         raise ConfigError(f"the run's models are not in {cfg.savepoint} (its args.savepoint); give "
                           "the folder that holds its session_<t>_model.pt with savepoint=PATH.")
-    saved = load_class_order(cfg, store)
-    data = IncrementalData(cfg, saved["class_order"])
-    return SimpleNamespace(cfg=cfg, store=store, data=data, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    return SimpleNamespace(cfg=cfg, store=store, data=restore_data(cfg, store, device),
+                           device=device)
 
 
 def _evaluated(store, t, values):
@@ -151,18 +158,18 @@ def _session(source, record, values, store, log):
     t, began = record["session"], time.time()
     cfg = check_args(SimpleNamespace(**{**vars(run_args(record)), "checkpoint": source.cfg.checkpoint,
                                         "savepoint": source.cfg.savepoint, **values}))
-    model = build_network(cfg.dataset, source.data.input_shape, cfg.num_class)
-    load_weights(model, source.store.load_model_state(t), cfg, source.store, t, record)
-    memory = load_memory(cfg, source.store, source.data, t, record)
+    model, memory = restore_session(cfg, source.store, source.data, t, record)
     results = evaluate(model.to(source.device), source.data, memory, t, cfg, source.device,
                        session_seed(cfg, t))
     seconds = time.time() - began
-    new = {**record, **results, "continuum": cfg.continuum,
-           "args": {**vars(cfg), "checkpoint": store.cfg.checkpoint, "savepoint": store.cfg.savepoint},
+    # The run's checksums describe its files, which stay in the run: the new record has none.
+    where = SimpleNamespace(**{**vars(cfg), "checkpoint": store.cfg.checkpoint,
+                               "savepoint": store.cfg.savepoint})
+    times = {"train_seconds": record.get("train_seconds"), "eval_seconds": seconds,
+             "seconds": seconds}
+    new = {**make_record(t, where, results, training_of(record), times, source.device),
            "evaluated_from": os.path.normpath(source.store.session_json(t)),
-           "evaluation_overrides": values, "eval_seconds": seconds, "seconds": seconds,
-           "device": str(source.device)}
-    new.pop("checksums", None)  # they describe the run's files, which stay in the run
+           "evaluation_overrides": values}
     write_json(store.session_json(t), new)
     log.info(format_table(new))
     return new

@@ -2,9 +2,9 @@
 resume since, and the check that a resume continues the same experiment.
 
 A resumed run builds on the files of sessions 0..N−1, so the args that decide what those files mean
-(UNSAFE) must not change; docs/running.md (*`args` on resume*) says why each one is there. Any
-other field may change (epochs, workers, device, …); the change is logged and recorded in the
-manifest, and each session's record keeps the args it ran with.
+(the fields of kind "experiment", ``utils/fields.py``, each with what it would change) must not
+change. Any other field may change (epochs, workers, device, …); the change is logged and recorded in
+the manifest, and each session's record keeps the args it ran with.
 """
 import datetime
 import importlib.metadata
@@ -15,36 +15,14 @@ import subprocess
 
 import torch
 
-from utils.config import REQUIRED, SCHEMA, SWITCHES, VARIANTS, session_settings
+from data_sources import dataset_spec
+from utils.config import session_settings
+from utils.fields import FIELDS, SWITCHES, UNKNOWN, VARIANTS
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pandas", "Pillow",
             "matplotlib", "tqdm")
-
-# field -> what changing it between sessions would change
-UNSAFE = {
-    "dataset": "the data and the network",
-    "num_class": "the task split",
-    "class_per_task": "the task split and the head rows each task owns",
-    "num_task": "the task split and η = exp(−β·t/T)",
-    "class_order": "the class order",
-    "seed": "the data split and every session's random draws",
-    "image_size": "the network and its input",
-    "memory": "the replay memory, whose classes must hold equal shares of it",
-    "selection": "the rule that chose the replay memory's exemplars",
-    "variant": "the meta-update",
-    "task_start": "the meta-update",
-    "meta_target": "the meta-update",
-    "task_optimizer": "the meta-update",
-    "batch_forward": "the BatchNorm statistics the meta-update keeps",
-    "augmentation": "the images' augmentation and normalisation the saved weights were trained on",
-}
-UNAUGMENTED = ("mnist", "digits")  # normalised only, the same under either augmentation setting
-# What a record from before a field existed ran with, where that differs from the field's default.
-# Before these fields there was one set of pipelines, and no variant made the extra forward.
-BEFORE_FIELD = {"augmentation": "corrected", "batch_forward": False}
-
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -94,13 +72,12 @@ def plain(cfg):
 
 def recorded_value(old_args, field):
     """A field's value in a record; records older than a field carry what they ran with: a
-    switch, their variant's choice; others, the field's default."""
-    if field not in old_args and field in BEFORE_FIELD:
-        return BEFORE_FIELD[field]
-    if field not in old_args and field in SWITCHES and old_args.get("variant") in VARIANTS:
+    switch, their variant's choice; others, what the table of fields says (UNKNOWN where it knows
+    nothing)."""
+    if field not in old_args and FIELDS[field].before is UNKNOWN and field in SWITCHES \
+            and old_args.get("variant") in VARIANTS:
         return VARIANTS[old_args["variant"]][field]
-    default = SCHEMA[field][2]
-    return old_args.get(field, None if default is REQUIRED else default)
+    return FIELDS[field].recorded(old_args)
 
 
 def _listed_classes(path, count):
@@ -111,7 +88,7 @@ def _listed_classes(path, count):
 def _equivalent(field, old, new, cfg, saved_names):
     """Whether a changed value still means the same experiment."""
     if field == "augmentation":
-        return cfg.dataset in UNAUGMENTED  # both settings read these the same way
+        return not dataset_spec(cfg.dataset).augmented  # both settings read these the same way
     if field != "class_order" or "natural" in (old, new) or "shuffled" in (old, new):
         return False
     # A class list may move (another machine); what counts is the classes it names, in order.
@@ -124,16 +101,14 @@ def check_resume(cfg, record, record_path, saved_names):
     the class names of the run's saved order."""
     new, old_args = plain(cfg), record["args"]
     changes = {}
-    for field in SCHEMA:
-        if field not in old_args and SCHEMA[field][2] is REQUIRED:
-            continue  # a field this record predates, with no default to compare with
+    for field, f in FIELDS.items():
         old = recorded_value(old_args, field)
-        if old == new[field]:
-            continue
-        if field in UNSAFE and not _equivalent(field, old, new[field], cfg, saved_names):
+        if old is UNKNOWN or old == new[field]:
+            continue  # UNKNOWN: a field this record predates, with no default to compare with
+        if f.fixed and not _equivalent(field, old, new[field], cfg, saved_names):
             raise ConfigError(f"args.{field} = {new[field]!r} but the finished sessions used "
                               f"{old!r} ({record_path}); changing it on resume would change "
-                              f"{UNSAFE[field]}, so set it back, or start a new run at task 0 with "
+                              f"{f.fixed}, so set it back, or start a new run at task 0 with "
                               "a new args.checkpoint and args.savepoint.")
         changes[field] = [old, new[field]]
     return changes

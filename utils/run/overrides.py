@@ -13,8 +13,9 @@ import difflib
 import os
 import sys
 
-from utils.config import SCHEMA, check_session_entries
+from utils.config import check_session_entries
 from utils.errors import ConfigError
+from utils.fields import FIELDS, help_lines
 
 
 def usage(script):
@@ -25,13 +26,13 @@ HELP = ("--help", "-h")
 
 
 def help_text(script):
-    """The usage and one line per field of ``args``, in the schema's order, with its valid values."""
-    width = max(map(len, SCHEMA))
+    """The usage and every field of ``args`` in the table's order: what it means, its kind, what it
+    accepts and its default (``utils.fields.help_lines``)."""
     return "\n".join(
         [f"usage: {usage(script)}", "",
          "start_task: the task to start from (default 0); task N resumes from the saved session N-1.",
          "field=value: sets that field of the script's args for this run. The fields (docs/args.md):"]
-        + [f"  {name:<{width}}  {valid}" for name, (_, valid, _) in SCHEMA.items()]) + "\n"
+        + help_lines()) + "\n"
 
 
 def parse_command_line(rest, script="train.py"):
@@ -74,16 +75,15 @@ def apply(args, texts):
     values = {}
     for text in texts:
         name, raw = text.split("=", 1)
-        if name not in SCHEMA:
-            close = difflib.get_close_matches(name, SCHEMA, n=1)
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"the override {text!r} names no field of args{hint}; the fields "
-                              f"are: {', '.join(SCHEMA)}.")
+                              f"are: {', '.join(FIELDS)}.")
         value = read_value(raw, getattr(args, name, None))
-        check, valid, _ = SCHEMA[name]
-        if not check(value):
+        if not FIELDS[name].check(value):
             raise ConfigError(f"the override {text!r} sets args.{name} = {value!r}, which is "
-                              f"invalid; it must be {valid}.")
+                              f"invalid; it must be {FIELDS[name].valid}.")
         if name == "sessions":  # a dict of dicts: each entry checked, the override named
             check_session_entries(value, f"the override {text!r}: args.sessions")
         values[name] = value

@@ -13,23 +13,25 @@ from collections import namedtuple
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
+from data_sources import build_network
 from incremental_dataloader import IncrementalData
 from learner_task_itaml import MetaLearner
-from resnet import build_network
 from utils.config import check_args, describe_training, for_session, session_settings
 from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError, Diverged
 from utils.fast import distributed
+from utils.fast.device import resolve_device
 from utils.files import write_json, write_text
 from utils.inference import base_test_accuracy, evaluate
 from utils.logger import get_logger, quiet_logger
-from utils.report.records import format_table, summary_csv
+from utils.report.records import format_table, make_record, summary_csv
 from utils.report.tables import write_report
 from utils.run import overrides
+from utils.run.epochs import train_session
 from utils.run.manifest import check_resume, read_manifest, rebuilt, resumed, started
+from utils.run.restore import load_class_order, restore_data, restore_session
 from utils.run.store import RunStore
 
 
@@ -46,15 +48,6 @@ def main(args, argv=None):
         sys.exit(2)
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"args.device = {name!r} but no GPU is visible (check "
-                          "CUDA_VISIBLE_DEVICES); use 'auto' or 'cpu'.")
-    return torch.device(name)
-
-
 def session_seed(cfg, t):
     return cfg.seed * 1000 + t
 
@@ -62,16 +55,17 @@ def session_seed(cfg, t):
 @dataclass
 class Job:
     """What every session of one launch shares: the checked args, the run's files, this process's
-    place under torchrun, the records of the finished sessions (appended to as sessions finish), and
-    once prepared the data, the network, the replay memory and the log."""
+    place under torchrun, the session it starts at, the records of the finished sessions (appended
+    to as sessions finish), the data, the network, the replay memory and the log."""
     cfg: SimpleNamespace
     store: RunStore
     ctx: distributed.DistContext
+    start: int
     history: list
-    data: IncrementalData = None
-    model: torch.nn.Module = None
-    memory: ReplayMemory = None
-    log: object = None
+    data: IncrementalData
+    model: torch.nn.Module
+    memory: ReplayMemory
+    log: object
 
     @property
     def device(self):
@@ -79,8 +73,8 @@ class Job:
 
 
 # A resume's findings, read before anything is written: args changed since the last finished
-# session, the saved class order, and the manifest.
-Resume = namedtuple("Resume", "changes saved manifest")
+# session, the manifest, and that session's record.
+Resume = namedtuple("Resume", "changes manifest last")
 
 
 def run(args, start=0, script="train.py", override_texts=()):
@@ -102,50 +96,62 @@ def _run(cfg, start, store, ctx):
     store.check_start(start)
     # Everything is read and checked before anything is written: a bad resume costs no training.
     # Under torchrun every rank reads the same files (so every rank stops on the same error).
-    job = Job(cfg, store, ctx, [store.read_record(s) for s in range(start)])
-    resume = _read_resume(job) if start else Resume({}, None, None)
-    _prepare(job, resume.saved)
-    distributed.broadcast_module_(job.model, ctx)  # identical start on every rank
+    history = [store.read_record(s) for s in range(start)]
+    resume = _read_resume(cfg, store, history) if start else None
+    data, model, memory = _prepare(cfg, store, history, ctx.device)
+    distributed.broadcast_module_(model, ctx)  # identical start on every rank
     # Only rank 0 locks the folders, writes files and prints tables.
     with store.lock() if ctx.is_main else contextlib.nullcontext():
-        job.log = _begin(job, resume) if ctx.is_main else quiet_logger()
-        return _sessions(job)
+        log = _begin(cfg, store, ctx, start, data, resume) if ctx.is_main else quiet_logger()
+        return _sessions(Job(cfg, store, ctx, start, history, data, model, memory, log))
 
 
-def _read_resume(job):
+def _read_resume(cfg, store, history):
     """The args changed since the last finished session (refusing those that would change what
-    the finished sessions mean), its class order, and the manifest."""
-    cfg, store, start = job.cfg, job.store, len(job.history)
+    the finished sessions mean), and the manifest."""
+    start = len(history)
 
     def saved_names():  # only read when a class list has moved
         return load_class_order(cfg, store).get("class_names")
-    changes = check_resume(cfg, job.history[-1], store.session_json(start - 1), saved_names)
-    return Resume(changes, load_class_order(cfg, store), read_manifest(store, start))
+    changes = check_resume(cfg, history[-1], store.session_json(start - 1), saved_names)
+    return Resume(changes, read_manifest(store, start), history[-1])
 
 
-def _begin(job, resume):
-    """Clear what a killed run left half-written, write the run's own files, say what happens next."""
-    cfg, store, start = job.cfg, job.store, len(job.history)
+def _prepare(cfg, store, history, device):
+    """(data, model, memory): fresh at task 0; otherwise as the last finished session left them."""
+    if history:
+        data = restore_data(cfg, store, device)
+        model, memory = restore_session(cfg, store, data, len(history) - 1, history[-1])
+    else:
+        data = IncrementalData(cfg, device=device)
+        memory = ReplayMemory(cfg.memory, cfg.selection, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = build_network(cfg.dataset, data.input_shape, cfg.num_class)
+    return data, model.to(device), memory
+
+
+def _begin(cfg, store, ctx, start, data, resume):
+    """Clear what a killed run left half-written, write the run's own files, say what happens next;
+    returns the log."""
     removed = store.remove_temporaries()
     log = get_logger(cfg.checkpoint)
-    log.info(_start_line(job))
+    log.info(_start_line(cfg, store, ctx, start))
     if start == 0:
-        write_json(store.class_order_file, {"class_order": job.data.class_order,
-                                            "class_names": job.data.class_names})
-        write_text(store.class_list_file, "".join(f"{name}\n" for name in job.data.class_names))
-        write_json(store.manifest_file, started(cfg, store, start, job.device))
+        write_json(store.class_order_file, {"class_order": data.class_order,
+                                            "class_names": data.class_names})
+        write_text(store.class_list_file, "".join(f"{name}\n" for name in data.class_names))
+        write_json(store.manifest_file, started(cfg, store, start, ctx.device))
     else:
-        _record_resume(job, resume, log)
+        _record_resume(cfg, store, ctx, start, resume, log)
     if removed:
         log.info(f"removed {len(removed)} half-written file(s) an interrupted run left: "
                  + ", ".join(removed))
     return log
 
 
-def _record_resume(job, resume, log):
-    store, start = job.store, len(job.history)
-    manifest = resume.manifest or rebuilt(job.history[-1], store.session_json(start - 1))
-    manifest, setup = resumed(manifest, job.cfg, store, start, job.device, resume.changes)
+def _record_resume(cfg, store, ctx, start, resume, log):
+    manifest = resume.manifest or rebuilt(resume.last, store.session_json(start - 1))
+    manifest, setup = resumed(manifest, cfg, store, start, ctx.device, resume.changes)
     write_json(store.manifest_file, manifest)
     if resume.changes:
         log.info("args changed since the finished sessions (recorded in manifest.json): "
@@ -155,20 +161,18 @@ def _record_resume(job, resume, log):
                     "differ slightly from an uninterrupted run's.")
 
 
-def _start_line(job):
-    cfg, store, start, ctx = job.cfg, job.store, len(job.history), job.ctx
+def _start_line(cfg, store, ctx, start):
     where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
              f"{store.memory_file(start - 1)})" if start else "starting afresh")
     ranks = f" × {ctx.world_size} ranks (torchrun)" if ctx.enabled else ""
     return (f"{store.script}: iTAML ({describe_training(cfg)}) on {cfg.dataset}, sessions {start}.."
-            f"{cfg.num_task - 1} on {job.device}{ranks}, {where}; results to {cfg.checkpoint}, "
+            f"{cfg.num_task - 1} on {ctx.device}{ranks}, {where}; results to {cfg.checkpoint}, "
             f"weights to {cfg.savepoint}")
 
 
 def _sessions(job):
-    start = len(job.history)
     try:
-        for t in range(start, job.cfg.num_task):
+        for t in range(job.start, job.cfg.num_task):
             job.history.append(run_session(job, t))
     except KeyboardInterrupt:
         # Ask the disk, not the loop: Ctrl-C may land after a session's record is in place.
@@ -177,67 +181,7 @@ def _sessions(job):
                       f"`{job.store.command(nxt)}`." if nxt < job.cfg.num_task else
                       "interrupted after the last session was saved; the run is complete.")
         sys.exit(130)
-    return job.history[start:]
-
-
-def _prepare(job, saved):
-    """Fresh model and memory at task 0; otherwise the last finished session's model, memory and
-    class order."""
-    cfg, store, start = job.cfg, job.store, len(job.history)
-    if start == 0:
-        job.data = IncrementalData(cfg)
-        job.memory, state = ReplayMemory(cfg.memory, cfg.selection, cfg.seed), None
-    else:
-        job.data = IncrementalData(cfg, saved["class_order"])
-        job.memory = load_memory(cfg, store, job.data, start - 1, job.history[-1])
-        state = store.load_model_state(start - 1)
-    torch.manual_seed(cfg.seed)
-    model = build_network(cfg.dataset, job.data.input_shape, cfg.num_class)
-    if state is not None:
-        load_weights(model, state, cfg, store, start - 1, job.history[-1])
-    job.model = model.to(job.device)
-
-
-def load_weights(model, state, cfg, store, t, record):
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError, KeyError):
-        raise ConfigError(f"{store.model_file(t)} does not fit the network of this args (dataset "
-                          f"{cfg.dataset!r}, num_class {cfg.num_class}); was it written by another "
-                          "configuration?") from None
-    store.check_checksum(store.model_file(t), record, t)
-
-
-def load_class_order(cfg, store):
-    # Every session depends on the class order: redoing one session cannot repair it.
-    hint = "restore it or start again at task 0 with a new args.checkpoint"
-    saved = store.read_json(store.class_order_file, hint)
-    order = saved.get("class_order") if isinstance(saved, dict) else None
-    if (not isinstance(order, list) or len(order) != cfg.num_class or len(set(order)) != len(order)
-            or not all(isinstance(c, int) for c in order)):
-        raise ConfigError(f"{store.class_order_file} is corrupt or does not hold "
-                          f"args.num_class = {cfg.num_class} distinct classes; {hint}.")
-    return saved
-
-
-def load_memory(cfg, store, data, t, record):
-    path = store.memory_file(t)
-    state = store.read_json(path, store.redo_hint(t))
-    try:
-        memory = ReplayMemory.from_state(state)
-        for c in memory.classes():
-            if not np.all(data.train_labels[memory.exemplars[c]] == c):
-                raise ValueError(f"class {c}")
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise ConfigError(f"{path} is corrupt or does not match the training set; "
-                          f"{store.redo_hint(t)}.") from None
-    expected = set(range((t + 1) * cfg.class_per_task))
-    if set(memory.classes()) != expected:
-        raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} leaves "
-                          f"exemplars of classes 0..{max(expected)}; {store.redo_hint(t)}.")
-    store.check_checksum(path, record, t)
-    memory.size, memory.selection = cfg.memory, cfg.selection
-    return memory
+    return job.history[job.start:]
 
 
 def run_session(job, t):
@@ -254,25 +198,24 @@ def run_session(job, t):
     selection = (None if scfg.model_selection == "last" else
                  lambda: base_test_accuracy(model, data, t, scfg, device, ctx))
     try:
-        loss = learner.train_session(data.train_loader(t, memory, seed, ctx),
-                                     desc=f"session {t}/{cfg.num_task - 1}",
-                                     test_accuracy=selection)
+        trained = train_session(learner, data.train_loader(t, memory, seed, ctx),
+                                desc=f"session {t}/{cfg.num_task - 1}", test_accuracy=selection)
     except Diverged as e:  # nothing of session t is written; the finished ones stay as they are
         raise ConfigError(e.extended(f"nothing of session {t} was written; resume with "
                                      f"`{job.store.command(t)}`")) from None
-    trained = time.time()
+    trained_at = time.time()
     _update_memory(job, t)
     results = evaluate(model, data, memory, t, scfg, device, seed, ctx)
     done = time.time()
-    record = {"session": t, "seen_classes": (t + 1) * cfg.class_per_task,
-              "continuum": cfg.continuum, **results, "eta": learner.eta, "variant": cfg.variant,
-              "session_settings": session_settings(cfg, t), **learner.selection,
-              "final_train_loss": loss, "train_loss_per_epoch": learner.epoch_losses,
-              "memory_exemplars": len(memory),
-              "train_seconds": trained - began, "eval_seconds": done - trained,
-              "seconds": done - began, "device": str(device), "args": vars(cfg)}
+    training = {"eta": learner.eta, "variant": cfg.variant,
+                "session_settings": session_settings(cfg, t), **trained.selection,
+                "final_train_loss": trained.final_loss, "train_loss_per_epoch": trained.losses,
+                "memory_exemplars": len(memory)}
     if ctx.enabled:
-        record["world_size"] = ctx.world_size
+        training["world_size"] = ctx.world_size
+    times = {"train_seconds": trained_at - began, "eval_seconds": done - trained_at,
+             "seconds": done - began}
+    record = make_record(t, cfg, results, training, times, device)
     if ctx.is_main:
         _save_session(job, t, record)
     distributed.barrier(ctx)  # no rank starts the next session before session t is on disk

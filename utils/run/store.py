@@ -14,6 +14,7 @@ import torch
 
 from utils import files
 from utils.errors import ConfigError
+from utils.report.records import check_record
 from utils.run.overrides import command, fields
 
 try:
@@ -106,11 +107,11 @@ class RunStore:
         """Session t's record, checked enough that the summary and the report can use it."""
         path = self.session_json(t)
         record = self.read_json(path, self.redo_hint(t))
-        if (not isinstance(record, dict) or record.get("session") != t
-                or not isinstance(record.get("args"), dict)
-                or not isinstance(record.get("per_task"), dict)):
-            raise ConfigError(f"{path} is corrupt (it is not the record of session {t}); "
-                              f"{self.redo_hint(t)}.")
+        try:
+            check_record(record, t)
+        except ValueError as e:
+            raise ConfigError(f"{path} is corrupt (it is not the record of session {t}: {e}); "
+                              f"{self.redo_hint(t)}.") from None
         return record
 
     def load_model_state(self, t):

@@ -54,7 +54,7 @@ def parse_grid(words):
         name, sep, values = word.partition("=")
         if not sep or not name:
             raise ConfigError(f"{word!r} is not a field=value1,value2,... entry of the grid.")
-        if name in ("seed", "checkpoint", "savepoint"):
+        if name == "seed" or name in overrides.fields(["checkpoint"]):  # the folders
             raise ConfigError(f"the grid may not set {name}: the sweep sets it for every run "
                               "(seeds with --seeds, folders with --out).")
         if name in (n for n, _ in grid):
