@@ -268,7 +268,7 @@ class MetaLearner:
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizers = {}  # task k, or "shared": one state for all tasks (task_optimizer)
         self.lr = cfg.lr
-        # args.batched_tasks: every task's first inner step in one pass (utils/batched.py)
+        # args.batched_tasks: every task's first inner step in one pass (utils/fast/batched.py)
         self.batched = (BatchedFirstSteps(model, cfg, self.weights, self.running)
                         if cfg.batched_tasks else None)
 

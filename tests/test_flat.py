@@ -1,4 +1,4 @@
-"""utils/flat.py: weights as views of one buffer, and the learner that keeps Φ there."""
+"""utils/fast/flat.py: weights as views of one buffer, and the learner that keeps Φ there."""
 import copy
 
 import pytest
