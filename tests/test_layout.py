@@ -1,7 +1,8 @@
 """The layout of tests/ and benchmarks/, read from every file's imports (ast): a benchmark is
 imported by its own tests only, no test file imports another, the shared fixtures are imported from
-tests.support with only the repository root on sys.path (benchmarks never put tests/ there), and
-the release runner, started from tests/support/, leaves none of our folders on sys.path."""
+tests.support with only the repository root on sys.path (benchmarks never put tests/ there), the
+release runner, started from tests/support/, leaves none of our folders on sys.path, and the
+straightforward reference (tests/support/naive.py) imports none of the code it checks."""
 import ast
 import functools
 import json
@@ -124,6 +125,24 @@ def test_benchmarks_take_only_the_support_fixtures_from_tests():
              if (file_of(name) or "").startswith("tests/")
              and not file_of(name).startswith("tests/support/") and name != "tests"]
     assert wrong == [], "\n".join(wrong)
+
+
+REFERENCE = "tests/support/naive.py"
+CHECKED = ("learner_task_itaml", "utils.inference", "utils.fast")  # what the reference checks
+
+
+def test_the_reference_shares_no_code_with_what_it_checks():
+    """tests/support/naive.py is written from the paper alone: were it to import the learner, the
+    inference or the fast path, a bug there would pass both sides of the comparison. Of our own
+    files it may use only the networks and the data."""
+    assert any(name == "learner_task_itaml" for _, name in imports("utils/inference.py"))
+    checked = [f"{REFERENCE}:{line} imports {name}" for line, name in imports(REFERENCE)
+               if any(name == c or name.startswith(c + ".") for c in CHECKED)]
+    assert checked == [], "\n".join(checked)
+    allowed = ("resnet.py", "incremental_dataloader.py", "utils/__init__.py", "utils/data/")
+    ours = [f"{REFERENCE}:{line} imports {name}" for line, name in imports(REFERENCE)
+            if file_of(name) and not file_of(name).startswith(allowed)]
+    assert ours == [], "\n".join(ours)
 
 
 def sys_path_changes(path):
