@@ -2,18 +2,19 @@
 the release's deviations (docs/release.md) alone, for the benchmark and the equivalence tests only.
 
 It shares no code with what it checks: nothing here comes from ``learner_task_itaml``,
-``utils.inference`` or ``utils.fast`` (``tests/test_layout.py`` holds it to that), only torch, the
-networks' modules and the data's loaders, so a mistake in the fast code's η, task loss, BatchNorm
-rule, task scores, continua, task prediction, single update or accuracy shows up as a difference.
+``utils.inference`` or ``utils.fast`` (``tests/test_layout.py`` holds it to that). It imports only
+torch and takes the network and the data's loaders from its caller, so a mistake in the fast
+code's η, task loss, BatchNorm rule, task scores, continua, task prediction, single update or
+accuracy shows up as a difference instead of passing both sides.
 
 ``NaiveMetaLearner.meta_step`` is Alg. 1 (with the release's deviations as the same switches of
-``args``: task_start, meta_target, task_optimizer, batch_forward, r and r_newest) as one would first
-write it: Φ_base is a deep copy of the model taken at every mini-batch, every tensor is handled in its
-own Python loop, tasks are picked out with boolean masks, and the optimizers are torch's defaults
-for the device. ``naive_evaluate`` classifies every routed sample with the adapted model of the task
-it is routed to, protocol by protocol. Where the fast code draws random numbers (the continua, the
-single update's order and augmentations) the reference draws the same ones from the same seeds,
-which is the contract the comparisons rely on.
+``args``: task_start, meta_target, task_optimizer, batch_forward, r and r_newest) as one would
+first write it: Φ_base is a deep copy of the model taken at every mini-batch, every tensor is
+handled in its own Python loop, tasks are picked out with boolean masks, and the optimizers are
+torch's defaults for the device. ``naive_evaluate`` classifies every routed sample with the
+adapted model of the task it is routed to, protocol by protocol. Where the fast code draws random
+numbers (the continua, the single update's order and augmentations) the reference draws the same
+ones from the same seeds: that is the contract the comparisons rely on.
 """
 import contextlib
 import copy
@@ -22,7 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d,
+               torch.nn.SyncBatchNorm)
 
 
 # ---------------------------------------------------------------- the pieces, from the paper
