@@ -120,7 +120,7 @@ def test_meta_step_with_a_one_sample_task_and_r_newest(cfg_factory, variant, bia
     for seed in (0, 1):
         x, y = one_sample_batch(seed)
         assert learner.meta_step(x, y).item() == pytest.approx(naive.meta_step(x, y), abs=1e-12)
-    learner.release()
+    learner.finish()
     assert_same_state(ours, ref, atol=1e-10)
     assert_moved(ours, start)
 
