@@ -6,7 +6,7 @@ import pytest
 import train_digits
 from utils.config import PER_SESSION, check_args, for_session, session_settings
 from utils.fast.device import resolve_device
-from utils.fields import FIELDS
+from utils.fields import FIELDS, SWITCHES, VARIANTS
 from utils.errors import ConfigError
 from utils.run.overrides import parse_command_line
 from utils.run.session import run
@@ -19,10 +19,16 @@ def shrunk(**over):
 @pytest.mark.parametrize("name", ["digits", "digits_cnn", "mnist", "svhn", "cifar", "imagenet",
                                   "celeb", "cub"])
 def test_shipped_args_are_valid_and_complete(name):
+    """Every field is written out in the script, and the run uses what is written: check_args
+    validates the values, it rewrites none but the switches, which the scripts leave to the variant
+    (so that one word, args.variant, names the training)."""
     script = importlib.import_module(f"train_{name}")
+    assert [field for field in FIELDS if not hasattr(script.args, field)] == []
     cfg = check_args(script.args)
-    assert set(vars(cfg)) == set(FIELDS)
-    assert all(hasattr(script.args, name) for name in FIELDS)  # every field written out
+    assert {s: getattr(script.args, s) for s in SWITCHES} == dict.fromkeys(SWITCHES)
+    assert {s: getattr(cfg, s) for s in SWITCHES} == VARIANTS[script.args.variant]
+    written = {field: getattr(script.args, field) for field in FIELDS if field not in SWITCHES}
+    assert {field: getattr(cfg, field) for field in written} == written
 
 
 @pytest.mark.parametrize("over,pattern", [
