@@ -28,6 +28,45 @@ def test_seeds_and_values():
     assert sweep.split_values("'a,b',c") == ["'a,b'", "c"]
 
 
+RELEASE_SESSIONS = "{0: {'epochs': 5}, 4: {'lr': 0.05}}"  # train_mnist.py's own
+
+
+@pytest.mark.parametrize("word,values", [
+    (f"sessions={RELEASE_SESSIONS}", [RELEASE_SESSIONS]),
+    ("schedule=[4, 8]", ["[4, 8]"]),
+    ("lr=0.1,0.01", ["0.1", "0.01"]),
+    (f"sessions={RELEASE_SESSIONS},{{4: {{'lr': 0.05, 'r_newest': 4}}}}",
+     [RELEASE_SESSIONS, "{4: {'lr': 0.05, 'r_newest': 4}}"]),
+    ("schedule=[4, (8, 9)],[2]", ["[4, (8, 9)]", "[2]"]),
+    ("class_order='a],b',shuffled", ["'a],b'", "shuffled"]),  # a bracket in quotes is text
+])
+def test_values_split_at_top_level_commas_only(word, values):
+    assert sweep.parse_grid([word]) == [(word.split("=", 1)[0], values)]
+
+
+def test_a_dict_value_plans_as_one_run(tmp_path):
+    """The release's per-session settings against none: two runs, each with its whole dict."""
+    script = os.path.join(ROOT, "train_mnist.py")
+    grid = sweep.parse_grid([f"sessions={RELEASE_SESSIONS},{{}}"])
+    runs = sweep.plan(script, grid, [0], str(tmp_path))
+    assert [run.cfg.sessions for run in runs] == [{0: {"epochs": 5}, 4: {"lr": 0.05}}, {}]
+    assert [run.name for run in runs] == ["default,seed=0", "sessions=__,seed=0"]
+
+
+@pytest.mark.parametrize("word,problem", [
+    ("schedule=[4, 8", "'[' is never closed"),
+    ("schedule=[4, 8]],[2]", "']' closes no bracket"),
+    ("sessions={0: {'epochs': 5)}", "')' closes a '{'"),
+    ("class_order='a,b", "the quote ' is never closed"),
+])
+def test_unbalanced_values_stop_with_one_sentence(word, problem):
+    with pytest.raises(ConfigError) as stop:
+        sweep.parse_grid([word])
+    assert str(stop.value) == (f"the grid entry {word!r} does not balance: {problem}; close each "
+                               "bracket and quote, so that the commas inside stay with their "
+                               "value.")
+
+
 @pytest.mark.parametrize("words,pattern", [
     (["lr"], r"'lr' is not a field=value1,value2,\.\.\. entry of the grid"),
     (["seed=1,2"], r"the grid may not set seed: the sweep sets it for every run"),

@@ -36,8 +36,8 @@ def arguments():
     parser = argparse.ArgumentParser(
         prog="python3 -m utils.run.sweep", description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("script", help="the training script, e.g. train_digits.py")
-    parser.add_argument("grid", nargs="*", help="field=value1,value2,... (values with commas "
-                        "inside brackets stay one value)")
+    parser.add_argument("grid", nargs="*", help="field=value1,value2,... (a comma inside [], (), {} "
+                        "or quotes stays in its value)")
     parser.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,3,7 (default: 0)")
     parser.add_argument("--jobs", type=int, help="runs at a time (default: 1 here; with --slurm "
                         "as many as Slurm starts)")

@@ -26,24 +26,39 @@ def parse_seeds(text):
     return sorted(seeds)
 
 
-def split_values(text):
-    """A grid entry's values: commas separate them, except inside brackets or quotes
-    (``schedule=[4,8],[2]`` is two values)."""
-    values, depth, quote, current = [], 0, None, ""
+CLOSING = {"[": "]", "(": ")", "{": "}"}
+
+
+def split_values(text, entry=None):
+    """A grid entry's values: split at the commas outside brackets and quotes, so that a list,
+    tuple or dict keeps its own (``schedule=[4,8],[2]`` is two values, ``sessions={0: {'epochs':
+    5}, 4: {'lr': 0.05}}`` one). ``entry`` names the entry in the sentence of an unbalanced one."""
+    values, opened, quote, current = [], [], None, ""
+
+    def unbalanced(problem):
+        return ConfigError(f"the grid entry {entry or text!r} does not balance: {problem}; close "
+                           "each bracket and quote, so that the commas inside stay with their "
+                           "value.")
     for c in text:
         if quote:
             quote = None if c == quote else quote
         elif c in "'\"":
             quote = c
-        elif c in "[(":
-            depth += 1
-        elif c in "])":
-            depth -= 1
-        elif c == "," and depth == 0:
+        elif c in CLOSING:
+            opened.append(c)
+        elif c in CLOSING.values():
+            if not opened or CLOSING[opened[-1]] != c:
+                raise unbalanced(f"{c!r} closes " + (f"a {opened[-1]!r}" if opened else
+                                                     "no bracket"))
+            opened.pop()
+        elif c == "," and not opened:
             values.append(current)
             current = ""
             continue
         current += c
+    if quote or opened:
+        raise unbalanced(f"the quote {quote} is never closed" if quote else
+                         f"{opened[-1]!r} is never closed")
     return values + [current]
 
 
@@ -60,7 +75,7 @@ def parse_grid(words):
         if name in (n for n, _ in grid):
             raise ConfigError(f"{name} appears twice in the grid; give all its values in one "
                               f"entry, {name}=a,b,c.")
-        grid.append((name, split_values(values)))
+        grid.append((name, split_values(values, word)))
     return grid
 
 
