@@ -33,12 +33,15 @@ class Relabeled(Dataset):
 
 
 def make_class_order(kind, num_data_classes, seed, class_names=None):
-    """The order in which classes arrive: "natural" (0, 1, …), "shuffled" (seeded by ``seed``), or a
-    path to a text file naming classes one per line, e.g. the classes.txt another run wrote."""
+    """The order in which classes arrive: "natural" (0, 1, …), "shuffled" (seeded by ``seed``),
+    "seed1993" (the permutation PyCIL and FACIL's ``cifar100_icarl`` use: ``np.random.seed(1993)``,
+    then a permutation of the classes, whatever ``seed``), or a path to a text file naming classes
+    one per line, e.g. the classes.txt another run wrote."""
     if kind == "natural":
         return list(range(num_data_classes))
-    if kind == "shuffled":
-        return np.random.RandomState(seed).permutation(num_data_classes).tolist()
+    if kind in ("shuffled", "seed1993"):
+        state = np.random.RandomState(1993 if kind == "seed1993" else seed)
+        return state.permutation(num_data_classes).tolist()
     names = class_names or [str(c) for c in range(num_data_classes)]
     with open(kind, encoding="utf-8") as f:
         listed = [line.strip() for line in f if line.strip()]
@@ -115,9 +118,14 @@ class IncrementalData:
         return np.flatnonzero((self.test_labels >= 0) & (self.test_labels < seen))
 
     def train_loader(self, session, memory, seed, ctx=None):
-        """D(t) ∪ M(t−1), shuffled together (paper Alg. 1, line 3). Under torchrun (``ctx``) each
-        rank gets its shard of every global mini-batch of ``args.train_batch`` samples."""
+        """D(t) ∪ M(t−1), shuffled together (paper Alg. 1, line 3)."""
         indices = np.concatenate([self.task_indices(session), memory.indices()])
+        return self.training_loader(indices, seed, ctx)
+
+    def training_loader(self, indices, seed, ctx=None):
+        """Mini-batches of ``args.train_batch`` training samples ``indices``, shuffled with
+        training transforms. Under torchrun (``ctx``) each rank gets its shard of every global
+        mini-batch."""
         return self.loader(self.train_set, indices, self.cfg.train_batch, shuffle=True, seed=seed,
                            ctx=ctx)
 

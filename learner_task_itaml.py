@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from utils.config import describe_training
 from utils.fast import distributed
 from utils.fast.batched import BatchedFirstSteps
 from utils.fast.device import autocast, prepare_model, to_input
 from utils.fast.flat import FlatBuffer
+from utils.method import Method
 from utils.tasks import task_of, task_slice, within_task
 
 
@@ -234,10 +236,11 @@ class MeanOfTasks:
         return self.fast, self.fast_running
 
 
-class MetaLearner:
+class MetaLearner(Method):
     """iTAML's training, one mini-batch of one session (one new task plus the replay memory) at a
-    time: ``step`` is Alg. 1's ``meta_step``. It is one method behind a session's epochs
-    (``utils/run/epochs.py``), which also call ``set_lr``, ``weights_finite`` and ``finish``.
+    time: ``step`` is Alg. 1's ``meta_step``. It is one method (``utils/method.py``) behind a
+    session's epochs (``utils/run/epochs.py``), which also call ``set_lr``, ``weights_finite`` and
+    ``finish``.
 
     No copy of the model is made: Φ = {θ, φ} lives in one flat buffer (``utils/fast/flat.py``), θ
     first, so Φ_base is one snapshot tensor restored in place before each task, the mean of the fast
@@ -245,8 +248,7 @@ class MetaLearner:
     """
 
     def __init__(self, model, cfg, session, device="cpu", ctx=distributed.DistContext()):
-        self.model, self.cfg, self.session, self.device = model, cfg, session, device
-        self.ctx = ctx  # torchrun: this rank's place; disabled in a plain run
+        super().__init__(model, cfg, session, device, ctx)  # ctx: disabled in a plain run
         self.eta = eta_for(cfg.beta, session, cfg.num_task)
         prepare_model(model, cfg)  # the buffer keeps each weight's strides, so lay them out first
         head = {id(p) for p in model.head.parameters()}
@@ -400,6 +402,13 @@ class MetaLearner:
         for flat in (self.weights, self.running):
             if flat is not None and not flat.attached():
                 flat.attach()
+
+    @staticmethod
+    def describe(cfg):
+        return f"iTAML ({describe_training(cfg)})"
+
+    def summary(self):
+        return {"eta": self.eta, "variant": self.cfg.variant}
 
     def step(self, x, y):
         """The per-batch step of every method (``utils/run/epochs.py``): Alg. 1's ``meta_step``."""

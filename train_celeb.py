@@ -15,12 +15,14 @@ class args:
     num_class = 10000                   # identities in the run
     class_per_task = 1000               # identities a task
     num_task = 10                       # tasks (num_task * class_per_task == num_class)
-    class_order = "natural"             # "natural" (0, 1, …), "shuffled" (seeded) or a classes.txt path
+    class_order = "natural"             # "natural" (0, 1, …), "shuffled", "seed1993" or a classes.txt
     seed = 0                            # seeds the class order, memory, loaders and init
 
     memory = 50000                      # exemplars kept in total (release), 5 an identity at the end
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
+    method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
+    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)

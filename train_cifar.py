@@ -17,12 +17,14 @@ class args:
     num_class = 100                     # classes in the run
     class_per_task = 10                 # classes a task (5 or 20 for the paper's other splits)
     num_task = 10                       # tasks (num_task * class_per_task == num_class)
-    class_order = "natural"             # "natural" (0, 1, …), "shuffled" (seeded) or a classes.txt path
+    class_order = "natural"             # "natural" (0, 1, …), "shuffled", "seed1993" or a classes.txt
     seed = 0                            # seeds the class order, memory, loaders and init
 
     memory = 2000                       # exemplars kept in total, split equally over seen classes
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
+    method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
+    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)

@@ -27,6 +27,8 @@ class args:
     memory = 400                        # exemplars kept in total, as the MLP demo (docs/data.md: why 400)
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
+    method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
+    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
     variant = "official"                # the release's training, as train_svhn.py;
                                         # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)

@@ -17,6 +17,8 @@ class args:
     memory = 2000                       # exemplars kept in total, split equally over seen classes
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
+    method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
+    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)

@@ -38,7 +38,7 @@ def test_shipped_args_are_valid_and_complete(name):
     ({"dataset": "places365"}, r"args.dataset = 'places365' is invalid; it must be one of 'mnist', 'digits', 'digits32', 'cifar100', 'svhn', 'imagenet', 'celeb', 'cub200'"),
     ({"image_size": 64}, r"args.image_size = 64 applies only to data sets read from image files \(imagenet, celeb, cub200\); digits has a fixed size"),
     ({"dataset": "imagenet", "image_size": 8}, r"args.image_size = 8 is invalid; it must be None \(the data set's standard size\) or an integer >= 16"),
-    ({"class_order": "nowhere/classes.txt"}, r"args.class_order = 'nowhere/classes.txt' is invalid; it must be 'natural', 'shuffled' or the path of an existing text file"),
+    ({"class_order": "nowhere/classes.txt"}, r"args.class_order = 'nowhere/classes.txt' is invalid; it must be 'natural', 'shuffled', 'seed1993' or the path of an existing text file"),
     ({"optimizer": "adagrad"}, r"args.optimizer = 'adagrad' is invalid; it must be one of 'sgd', 'adam', 'radam'"),
     ({"variant": "reptile"}, r"args.variant = 'reptile' is invalid; it must be one of 'paper', 'official'"),
     ({"task_start": "middle"}, r"args.task_start = 'middle' is invalid; it must be None \(the variant's choice\) or one of 'base', 'previous'"),

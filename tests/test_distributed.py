@@ -358,6 +358,23 @@ def test_sample_weighting_equals_one_sgd_step_on_the_whole_global_batch(ranks):
     assert (by_ranks["features.0.weight"] - single.features[0].weight).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("key", W.ER_STEPS)
+def test_experience_replay_on_shards_is_its_step_on_the_whole_global_batch(ranks, key):
+    """The ranks' gradients of the loss summed over their samples, over the global count, add up
+    to the single process's gradient of the mean loss: both ranks end where one process does."""
+    loss, scenario = key.split("/")
+    rows = torch.tensor(W.SHARDS[scenario][0] + W.SHARDS[scenario][1])
+    single = W.Net(bn=False)
+    W.er_step(single, W.GLOBAL_X[rows], W.GLOBAL_Y[rows], D.DistContext(), loss)
+    for rank, res in enumerate(ranks):
+        step = res["er_steps"][key]
+        assert step["error"] is None, step["error"]
+        assert (step["loss"] is None) == (len(W.SHARDS[scenario][rank]) == 0)
+        for name, want in single.state_dict().items():
+            torch.testing.assert_close(step["state"][name], want, rtol=0, atol=1e-12, msg=name)
+    assert not torch.equal(single.head.weight, W.Net(bn=False).head.weight)
+
+
 @pytest.mark.parametrize("key", [key for key in W.STEPS if key.startswith("official/")])
 def test_official_update_interpolates_towards_the_mean_live_weights(ranks, key):
     scenario, bn = key.split("/")[1], "unbalanced" not in key

@@ -136,3 +136,24 @@ def test_two_tasks_end_to_end_on_fake_data(name, tmp_path, monkeypatch):
     order = json.load(open(os.path.join(cfg.checkpoint, "class_order.json")))
     listed = open(os.path.join(cfg.checkpoint, "classes.txt")).read().split()
     assert listed == order["class_names"] and len(listed) == cfg.num_class
+
+@pytest.mark.parametrize("method", ["er", "finetune", "joint"])
+def test_train_cifar_takes_every_method_on_its_command_line(method, tmp_path, monkeypatch):
+    """``python3 train_cifar.py 0 method=...`` on fake CIFAR-100: two sessions of that method,
+    recorded as such, its memory as the method keeps it, evaluated by every protocol."""
+    import train_cifar
+    from utils.run.session import main
+    data_path = str(tmp_path / "data")
+    shape = write_cifar(data_path, monkeypatch)
+    words = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+             for k, v in dict(SHRUNK, **shape, data_path=data_path,
+                              checkpoint=str(tmp_path / "results"),
+                              savepoint=str(tmp_path / "models")).items()]
+    main(train_cifar.args, ["train_cifar.py", "0", f"method={method}"] + [w.replace("'", "")
+                                                                          for w in words])
+    for t in (0, 1):
+        saved = json.load(open(tmp_path / "results" / f"session_{t}.json"))
+        assert saved["method"] == method and saved["args"]["method"] == method
+        assert saved["memory_exemplars"] == (0 if method == "finetune" else 20)
+        assert set(saved["per_task"]) == {"task_agnostic", "per_sample", "task_aware", "base"}
+        assert "eta" not in saved and saved["er_loss"] == "task_bce"

@@ -123,8 +123,11 @@ def _check_split(cfg):
 
 
 def check_batched_tasks(cfg):
-    """``batched_tasks`` runs the tasks' first inner steps together, so they must all start from the
-    same weights."""
+    """``batched_tasks`` runs the tasks' first inner steps of iTAML together, so they must all start
+    from the same weights."""
+    if cfg.batched_tasks and cfg.method != "itaml":
+        raise ConfigError(f"args.batched_tasks = True batches iTAML's inner loops, but args.method "
+                          f"= {cfg.method!r} has none; set batched_tasks = False.")
     if cfg.batched_tasks and cfg.task_start != "base":
         raise ConfigError(f"args.batched_tasks = True runs the first inner step of all tasks "
                           f"together from the base weights, but args.task_start = "

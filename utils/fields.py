@@ -71,10 +71,14 @@ def _milestones():
     return check, "a list of epoch numbers >= 0"
 
 
+CLASS_ORDERS = ("natural", "shuffled", "seed1993")
+
+
 def _class_order():
     def check(v):
-        return isinstance(v, str) and (v in ("natural", "shuffled") or os.path.isfile(v))
-    return check, "'natural', 'shuffled' or the path of an existing text file of class names"
+        return isinstance(v, str) and (v in CLASS_ORDERS or os.path.isfile(v))
+    return check, ", ".join(repr(o) for o in CLASS_ORDERS) + \
+        " or the path of an existing text file of class names"
 
 
 def _image_size():
@@ -158,9 +162,11 @@ _FIELDS = [
     Field("num_task", _int(1), "tasks; `num_task × class_per_task` must equal `num_class`",
           "experiment", fixed="the task split and η = exp(−β·t/T)"),
     Field("class_order", _class_order(),
-          "`\"natural\"` (0, 1, …), `\"shuffled\"` (seeded by `seed`) or the path of a text file "
-          "naming classes one a line (e.g. another run's `classes.txt`); the first `num_class` are "
-          "used; saved with the run", "experiment", fixed="the class order"),
+          "`\"natural\"` (0, 1, …; the release's), `\"shuffled\"` (seeded by `seed`), `\"seed1993\"` "
+          "(the permutation of PyCIL and FACIL's `cifar100_icarl`: numpy seeded 1993, whatever "
+          "`seed`) or the path of a text file naming classes one a line (e.g. another run's "
+          "`classes.txt`); the first `num_class` are used; saved with the run", "experiment",
+          fixed="the class order"),
     Field("seed", _int(0),
           "seeds the class order, digits split, initialisation, loaders, memory and continua",
           "experiment", fixed="the data split and every session's random draws"),
@@ -171,6 +177,16 @@ _FIELDS = [
           "exemplar choice: `\"first\"` m of each class in data-set order (the release's), "
           "`\"random\"` (seeded) or `\"herding\"` (iCaRL)", "experiment",
           fixed="the rule that chose the replay memory's exemplars"),
+    Field("method", _choice("itaml", "er", "finetune", "joint"),
+          "what trains: `\"itaml\"` (Alg. 1 as `variant` says), `\"er\"` (experience replay: one "
+          "step a mini-batch of the same data and memory), `\"finetune\"` (ER without a memory) or "
+          "`\"joint\"` (every seen task's data); every method is evaluated alike", "experiment",
+          default="itaml", fixed="the method that trained the finished sessions",
+          see=("Baselines under iTAML's protocol", "study.md#baselines-under-itamls-protocol")),
+    Field("er_loss", _choice("task_bce", "ce"),
+          "the baselines' loss: BCE on each sample's own task slice, iTAML's objective "
+          "(`\"task_bce\"`), or cross-entropy over the seen classes (`\"ce\"`); iTAML ignores it",
+          "experiment", default="task_bce", fixed="the baselines' objective"),
     Field("variant", _choice("paper", "official"),
           "`\"official\"`: the release's training, which made the paper's numbers; `\"paper\"`: "
           "Alg. 1 as printed; a preset of the four switches below", "experiment",

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+import baselines as B
 import learner_task_itaml as L
 from tests.support.cfg import make_cfg
 from utils.fast import distributed as D
@@ -41,6 +42,8 @@ GLOBAL_X = torch.linspace(-1.5, 1.3, len(GLOBAL_Y) * 3, dtype=torch.float64).res
 # ranks by their samples (m_k^r / M_k); "ranks" (1/n_k each), TaskShares' other weighting, is
 # handed to it by ``weighted_by``.
 OWN_WEIGHTING = "samples"
+# Experience replay's steps, as "loss/scenario", on the network without BatchNorm.
+ER_STEPS = ("task_bce/unbalanced", "ce/unbalanced", "task_bce/empty_shard", "ce/absent_task")
 STEPS = ("paper/absent_task/samples", "paper/empty_shard/samples", "paper/unbalanced/samples",
          "paper/unbalanced/ranks", "official/absent_task/samples", "official/empty_shard/samples",
          "official/unbalanced/samples")
@@ -70,6 +73,13 @@ def learner_cfg(variant, r=1):
     return make_cfg(variant=variant, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=LR,
                     beta=BETA, r=r, num_task=NUM_TASK, num_class=CPT * NUM_TASK,
                     class_per_task=CPT)
+
+
+def er_step(model, x, y, ctx, loss):
+    """One mini-batch of experience replay (``args.er_loss`` = ``loss``) at session SESSION."""
+    cfg = make_cfg(method="er", er_loss=loss, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                   lr=LR, num_task=NUM_TASK, num_class=CPT * NUM_TASK, class_per_task=CPT)
+    return B.ExperienceReplay(model, cfg, SESSION, "cpu", ctx).step(x, y)
 
 
 def meta_step(model, x, y, ctx, variant="paper", r=1):
@@ -155,10 +165,25 @@ def _run(rank, world_size, port):
     D.broadcast_module_(model, ctx)
     out["checksum_after_broadcast"] = D.checksum(model)
     out["steps"] = {key: _step(key, rank, ctx) for key in STEPS}
+    out["er_steps"] = {key: _er_step(key, rank, ctx) for key in ER_STEPS}
     D.barrier(ctx)
     D.cleanup(ctx)
     out["initialized_after_cleanup"] = torch.distributed.is_initialized()
     return out
+
+
+def _er_step(key, rank, ctx):
+    """One of ER_STEPS on this rank: the weights after it and the loss, or the error."""
+    loss_name, scenario = key.split("/")
+    net, (x, y) = Net(bn=False), shard_of(scenario, rank)
+    loss, error = None, None
+    try:
+        loss = er_step(net, x, y, ctx, loss_name)
+        loss = None if loss is None else float(loss)
+    except Exception:
+        error = traceback.format_exc()
+    return {"state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+            "loss": loss, "error": error}
 
 
 def _step(key, rank, ctx):

@@ -20,7 +20,7 @@ PROTOCOL_LABELS = {
 }
 
 # The keys that say how a session's model was trained, in a record's order (those a record holds).
-TRAINING = ("eta", "variant", "session_settings", "model_selection", "selected_epoch",
+TRAINING = ("method", "eta", "variant", "er_loss", "session_settings", "model_selection", "selected_epoch",
             "selection_test_acc_per_epoch", "final_train_loss", "train_loss_per_epoch",
             "memory_exemplars", "world_size")
 TIMES = ("train_seconds", "eval_seconds", "seconds")

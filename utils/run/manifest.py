@@ -17,7 +17,7 @@ import torch
 
 from data_sources import dataset_spec
 from utils.config import session_settings
-from utils.fields import FIELDS, SWITCHES, UNKNOWN, VARIANTS
+from utils.fields import CLASS_ORDERS, FIELDS, SWITCHES, UNKNOWN, VARIANTS
 from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +89,7 @@ def _equivalent(field, old, new, cfg, saved_names):
     """Whether a changed value still means the same experiment."""
     if field == "augmentation":
         return not dataset_spec(cfg.dataset).augmented  # both settings read these the same way
-    if field != "class_order" or "natural" in (old, new) or "shuffled" in (old, new):
+    if field != "class_order" or any(kind in (old, new) for kind in CLASS_ORDERS):
         return False
     # A class list may move (another machine); what counts is the classes it names, in order.
     return _listed_classes(new, cfg.num_class) == saved_names()

@@ -9,6 +9,7 @@ from data_sources import build_network
 from incremental_dataloader import IncrementalData
 from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError
+from utils.run.methods import method_class
 from utils.tasks import seen_classes
 
 
@@ -61,10 +62,13 @@ def load_memory(cfg, store, data, t, record):
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         raise ConfigError(f"{path} is corrupt or does not match the training set; "
                           f"{store.redo_hint(t)}.") from None
-    expected = set(range(seen_classes(t, cfg.class_per_task)))
+    keeps = method_class(cfg).keeps_memory
+    expected = set(range(seen_classes(t, cfg.class_per_task))) if keeps else set()
     if set(memory.classes()) != expected:
+        leaves = f"exemplars of classes 0..{max(expected)}" if keeps else \
+            f"no exemplar (args.method = {cfg.method!r} keeps no memory)"
         raise ConfigError(f"{path} holds classes {memory.classes()} but session {t} leaves "
-                          f"exemplars of classes 0..{max(expected)}; {store.redo_hint(t)}.")
+                          f"{leaves}; {store.redo_hint(t)}.")
     store.check_checksum(path, record, t)
     memory.size, memory.selection = cfg.memory, cfg.selection
     return memory

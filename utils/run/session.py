@@ -17,8 +17,7 @@ import torch
 
 from data_sources import build_network
 from incremental_dataloader import IncrementalData
-from learner_task_itaml import MetaLearner
-from utils.config import check_args, describe_training, for_session, session_settings
+from utils.config import check_args, for_session, session_settings
 from utils.data.memory import ReplayMemory
 from utils.errors import ConfigError, Diverged
 from utils.fast import distributed
@@ -30,6 +29,7 @@ from utils.report.records import format_table, make_record, summary_csv
 from utils.report.tables import write_report
 from utils.run import overrides
 from utils.run.epochs import train_session
+from utils.run.methods import method_class
 from utils.run.manifest import check_resume, read_manifest, rebuilt, resumed, started
 from utils.run.restore import load_class_order, restore_data, restore_session
 from utils.run.store import RunStore
@@ -165,7 +165,7 @@ def _start_line(cfg, store, ctx, start):
     where = (f"resuming from finished session {start - 1} ({store.model_file(start - 1)}, "
              f"{store.memory_file(start - 1)})" if start else "starting afresh")
     ranks = f" × {ctx.world_size} ranks (torchrun)" if ctx.enabled else ""
-    return (f"{store.script}: iTAML ({describe_training(cfg)}) on {cfg.dataset}, sessions {start}.."
+    return (f"{store.script}: {method_class(cfg).describe(cfg)} on {cfg.dataset}, sessions {start}.."
             f"{cfg.num_task - 1} on {ctx.device}{ranks}, {where}; results to {cfg.checkpoint}, "
             f"weights to {cfg.savepoint}")
 
@@ -194,12 +194,14 @@ def run_session(job, t):
     seed = session_seed(cfg, t)
     scfg = for_session(cfg, t)  # args.sessions[t] applied
     torch.manual_seed(seed)
-    learner = MetaLearner(model, scfg, t, device, ctx)
+    method = method_class(cfg)
+    learner = method(model, scfg, t, device, ctx)
     selection = (None if scfg.model_selection == "last" else
                  lambda: base_test_accuracy(model, data, t, scfg, device, ctx))
+    loader = data.training_loader(method.train_indices(data, t, memory), seed, ctx)
     try:
-        trained = train_session(learner, data.train_loader(t, memory, seed, ctx),
-                                desc=f"session {t}/{cfg.num_task - 1}", test_accuracy=selection)
+        trained = train_session(learner, loader, desc=f"session {t}/{cfg.num_task - 1}",
+                                test_accuracy=selection)
     except Diverged as e:  # nothing of session t is written; the finished ones stay as they are
         raise ConfigError(e.extended(f"nothing of session {t} was written; resume with "
                                      f"`{job.store.command(t)}`")) from None
@@ -207,7 +209,7 @@ def run_session(job, t):
     _update_memory(job, t)
     results = evaluate(model, data, memory, t, scfg, device, seed, ctx)
     done = time.time()
-    training = {"eta": learner.eta, "variant": cfg.variant,
+    training = {"method": cfg.method, **learner.summary(),
                 "session_settings": session_settings(cfg, t), **trained.selection,
                 "final_train_loss": trained.final_loss, "train_loss_per_epoch": trained.losses,
                 "memory_exemplars": len(memory)}
@@ -223,8 +225,11 @@ def run_session(job, t):
 
 
 def _update_memory(job, t):
-    """M(t): chosen once, on rank 0, and broadcast, so every rank replays the same exemplars."""
+    """M(t): chosen once, on rank 0, and broadcast, so every rank replays the same exemplars. A
+    method that keeps no memory (fine-tuning) leaves it empty."""
     memory, ctx = job.memory, job.ctx
+    if not method_class(job.cfg).keeps_memory:
+        return
     if ctx.is_main:
         memory.update(job.data, job.data.task_classes(t), t, job.model, job.device)
     if ctx.enabled:
