@@ -23,7 +23,7 @@ class args:
     selection = "random"                # exemplars: "random" (seeded), "herding" (iCaRL), "first" (release)
 
     method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
-    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
+    er_loss = "ce"                      # the baselines' loss: "ce" over seen classes, or "task_bce"
     variant = "paper"                   # Alg. 1 as printed; "official": the release's training
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)
     meta_target = None                  # None: the variant's; "mean" (paper) or "last" (release)

@@ -18,7 +18,7 @@ class args:
     selection = "first"                 # exemplars: "first" m of each class (release), "random" (seeded), "herding" (iCaRL)
 
     method = "itaml"                    # "itaml"; the baselines: "er", "finetune", "joint"
-    er_loss = "task_bce"                # the baselines' loss: iTAML's task-slice BCE, or "ce"
+    er_loss = "ce"                      # the baselines' loss: "ce" over seen classes, or "task_bce"
     variant = "official"                # the release's training, which made the paper's numbers;
                                         # "paper": Alg. 1 as printed (docs/release.md)
     task_start = None                   # None: the variant's; "base" (paper) or "previous" (release)

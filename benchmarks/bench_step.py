@@ -14,6 +14,9 @@ whose extra forward of the whole batch is part of its step):
   padded forward/backward), where the tasks all start from the base (the paper preset), and only
   where it can pay: on a GPU, or with ``--batched`` (on the CPU its padding costs many plain steps
   and gigabytes of memory);
+- ``er``: ``baselines.ExperienceReplay.step``, experience replay's one step on the whole batch (the
+  default ``er_loss``), on the batches of 1, 5 and 10 tasks, each timed right after a plain step
+  (target: at most 1.05 plain);
 - ``eval``: ``evaluate`` (all four protocols) over 10,000 test images at session 9, the adaptation
   on the 2,000 exemplars included, against one plain forward pass over the same images.
 
@@ -48,6 +51,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import train_cifar  # noqa: E402
+from baselines import ExperienceReplay  # noqa: E402
 from incremental_dataloader import IncrementalData  # noqa: E402
 from learner_task_itaml import MetaLearner, make_optimizer  # noqa: E402
 from resnet import ReducedResNet18  # noqa: E402
@@ -251,6 +255,37 @@ def bench_steps(cfgs, device, opts, model):
     return {"plain": statistics.median(plain_times), **times}, ratios
 
 
+def bench_er(cfg, device, opts, model):
+    """Experience replay's step against the plain step, on the batches of every task count:
+    ({"er_tasks<n>": median seconds}, {"tasks<n>": median of er ÷ plain within a repetition})."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(opts.batch, 3, opts.image_size, opts.image_size, generator=generator)
+    er_cfg = copy.copy(cfg)
+    er_cfg.method = "er"
+    plain = Plain(copy.deepcopy(model), cfg, device, cfg.num_class)
+    xp = to_input(x, cfg, device)
+    yp = torch.randint(cfg.num_class, (opts.batch,), generator=generator).to(device)
+    seconds, ratios = {}, {}
+    for tasks in TASK_COUNTS:
+        y = session_batch(cfg, tasks, opts.batch, generator)
+        er = ExperienceReplay(copy.deepcopy(model).train(), er_cfg, tasks - 1, device)
+        xd, yd = x.to(device), y.to(device)
+
+        def step():
+            er.step(xd, yd)
+        step(), plain.step(xp, yp)  # warm-up
+        took, got = [], []
+        for _ in range(opts.reps):
+            tp, te = timed(lambda: plain.step(xp, yp), device), timed(step, device)
+            took.append(te)
+            got.append(te / tp)
+        seconds[f"er_tasks{tasks}"] = statistics.median(took)
+        ratios[f"tasks{tasks}"] = statistics.median(got)
+        del er
+        release_memory()
+    return seconds, ratios
+
+
 # ---------------------------------------------------------------- inference
 
 def eval_setup(cfg, opts, model):
@@ -331,6 +366,8 @@ def table(med, ratios, forward_s, eval_s, eval_ratio):
                         f"{got['ratio_naive_vs_plain'][case]:>17.3f}"
                         f"{cell(got['ratio_batched_vs_plain'].get(case), 19)}"
                         f"{cell(got['speedup_batched_vs_loop'].get(case), 15)}")
+    rows += [f"{'er':<10}{case:<14}{med['er']['er_' + case]:>10.3f}  er/plain {ratio:.3f}"
+             for case, ratio in med["er_ratios"].items()]
     rows.append(f"eval at session 9: {eval_s:.2f} s, one forward pass {forward_s:.2f} s, "
                 f"ratio {eval_ratio:.3f}")
     return "\n".join(rows)
@@ -366,11 +403,13 @@ def main(argv=None):
     model = ReducedResNet18((3, opts.image_size, opts.image_size), any_cfg.num_class).to(device)
     med, ratios = bench_steps(cfgs, device, opts, model)
     release_memory()  # the steps' learners and graphs are gone: give their memory back first
+    med["er"], med["er_ratios"] = bench_er(any_cfg, device, opts, model)
     forward_s, eval_s, eval_ratio, test_images = bench_eval(any_cfg, device, opts, model)
     print(table(med, ratios, forward_s, eval_s, eval_ratio))
     shipped = "official" if "official" in cfgs else next(iter(cfgs))  # train_cifar.py's preset
     result = {
         "presets": {p: {**ratios[p], "seconds": med[p]} for p in cfgs},
+        "er": {"ratio_er_vs_plain": med["er_ratios"], "seconds": med["er"]},
         "ratio_eval_vs_forward": eval_ratio,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": device_name(device),

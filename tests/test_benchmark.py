@@ -32,6 +32,8 @@ def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
         for case in CASES:
             assert got["seconds"][f"itaml_{case}"] > 0 and got["seconds"][f"naive_{case}"] > 0
         assert not any(key.startswith("itaml_batched") for key in got["seconds"])
+    assert set(result["er"]["ratio_er_vs_plain"]) == {"tasks1", "tasks5", "tasks10"}
+    assert all(v > 0 and math.isfinite(v) for v in result["er"]["ratio_er_vs_plain"].values())
     assert result["ratio_eval_vs_forward"] > 1  # evaluation holds at least one forward pass
     assert result["peak_rss_mb"] > 0 and result["device"].startswith("cpu")
     assert result["test_images"] == 200 and result["estimated_full_cifar100_run_hours"] > 0
@@ -40,7 +42,8 @@ def test_writes_every_key_and_prints_the_table(tmp_path, capsys):
     assert result["settings"]["batched"] is False
     printed = capsys.readouterr().out
     for words in ("itaml/(r·plain)", "naive/(r·plain)", "tasks10_r2", "eval at session 9",
-                  "official  tasks1_r1", "paper     tasks10_r2", "peak resident memory"):
+                  "official  tasks1_r1", "paper     tasks10_r2", "er        tasks5",
+                  "peak resident memory"):
         assert words in printed, words
 
 
@@ -93,8 +96,16 @@ def test_ratios_are_medians_of_each_repetitions_ratios(monkeypatch):
     monkeypatch.setattr(B.Plain, "step", costs("plain"))
     monkeypatch.setattr(B.MetaLearner, "meta_step", costs("itaml"))
     monkeypatch.setattr(B.NaiveMetaLearner, "meta_step", costs("naive"))
+    er_calls = []
+
+    def er_step(self, x, y):  # 1.5 plain steps of its repetition (its call 0 is the warm-up)
+        er_calls.append(None)
+        clock[0] += 1.5 * PLAIN_S[(len(er_calls) - 2) % len(PLAIN_S)] if len(er_calls) > 1 else 0
+    monkeypatch.setattr(B.ExperienceReplay, "step", er_step)
     result = B.main(TINY + ["--reps", str(len(PLAIN_S)), "--batched"])
     assert result["seconds"]["plain"] == 2.0  # the median over every case's repetitions
+    assert result["er"] == {"ratio_er_vs_plain": {f"tasks{n}": 1.5 for n in (1, 5, 10)},
+                            "seconds": {f"er_tasks{n}": 3.0 for n in (1, 5, 10)}}
     for preset, times in (("paper", 1), ("official", 2)):
         got = result["presets"][preset]
         for tasks, r in ((n, r) for n in (1, 5, 10) for r in (1, 2)):

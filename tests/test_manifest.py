@@ -103,7 +103,7 @@ REFUSALS = [
     ({"class_per_task": 1, "num_task": 4}, "class_per_task"),
     ({"task_start": "previous"}, "task_start"), ({"meta_target": "last"}, "meta_target"),
     ({"task_optimizer": "shared"}, "task_optimizer"), ({"batch_forward": True}, "batch_forward"),
-    ({"method": "er"}, "method"), ({"er_loss": "ce"}, "er_loss"),
+    ({"method": "er"}, "method"), ({"er_loss": "task_bce"}, "er_loss"),
 ]
 
 

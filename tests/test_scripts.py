@@ -156,4 +156,4 @@ def test_train_cifar_takes_every_method_on_its_command_line(method, tmp_path, mo
         assert saved["method"] == method and saved["args"]["method"] == method
         assert saved["memory_exemplars"] == (0 if method == "finetune" else 20)
         assert set(saved["per_task"]) == {"task_agnostic", "per_sample", "task_aware", "base"}
-        assert "eta" not in saved and saved["er_loss"] == "task_bce"
+        assert "eta" not in saved and saved["er_loss"] == "ce"

@@ -183,10 +183,11 @@ _FIELDS = [
           "`\"joint\"` (every seen task's data); every method is evaluated alike", "experiment",
           default="itaml", fixed="the method that trained the finished sessions",
           see=("Baselines under iTAML's protocol", "study.md#baselines-under-itamls-protocol")),
-    Field("er_loss", _choice("task_bce", "ce"),
-          "the baselines' loss: BCE on each sample's own task slice, iTAML's objective "
-          "(`\"task_bce\"`), or cross-entropy over the seen classes (`\"ce\"`); iTAML ignores it",
-          "experiment", default="task_bce", fixed="the baselines' objective"),
+    Field("er_loss", _choice("ce", "task_bce"),
+          "the baselines' loss: cross-entropy over the seen classes (`\"ce\"`, the field's ER), or "
+          "BCE on each sample's own task slice, iTAML's objective without the meta-update "
+          "(`\"task_bce\"`); iTAML ignores it", "experiment", default="ce",
+          fixed="the baselines' objective"),
     Field("variant", _choice("paper", "official"),
           "`\"official\"`: the release's training, which made the paper's numbers; `\"paper\"`: "
           "Alg. 1 as printed; a preset of the four switches below", "experiment",
