@@ -16,7 +16,6 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from utils.errors import ConfigError
 
@@ -171,6 +170,7 @@ class ResNet18(nn.Module):
     def __init__(self, input_shape, num_class):
         super().__init__()
         channels, side = input_shape[0], min(input_shape[1:])
+        import torchvision  # here, not at the top: importing it costs every process seconds
         net = torchvision.models.resnet18(weights=None)
         if side > 64:
             conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
@@ -198,6 +198,7 @@ class CelebResNet18(nn.Module):
 
     def __init__(self, input_shape, num_class):
         super().__init__()
+        import torchvision
         net = torchvision.models.resnet18(weights=None, num_classes=num_class)
         conv1 = net.conv1
         if input_shape[0] != conv1.in_channels:

@@ -75,9 +75,12 @@ CASES = [dict(zip(("optimizer", "r", "task_optimizer", "meta_target", "batch_for
                       ("adam", 1, "shared", "mean", True), ("adam", 2, "per_task", "last", False),
                       ("radam", 1, "per_task", "last", True),
                       ("radam", 2, "shared", "mean", False)]]
-# Adam with r = 2 is left out on MS-Celeb: there the loop alone moves by 1e-9 with its summation
-# order (channels_last), so the comparison would measure that, not the batched step.
-CELEB_CASES = [CASES[0], CASES[2], CASES[4], CASES[5]]
+# On the MS-Celeb network (its stem, its pooling, its head's bias), one case: the switches are each
+# network's to take in turn above, and this network's float64 weights take seconds a step to touch.
+# RAdam with per-task optimizers and batch_forward's extra pass asks the most of it; Adam with r = 2
+# is never the case: there the loop alone moves by 1e-9 with its summation order (channels_last), so
+# the comparison would measure that, not the batched step.
+CELEB_CASES = [CASES[4]]
 
 
 @pytest.mark.parametrize("name, switches",

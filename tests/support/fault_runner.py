@@ -85,10 +85,12 @@ def run(folder, start, options):
 
 
 def serve():
-    # What every run imports on first use (the report's plot, the digits): once here, not per run.
+    # What every run imports on first use (the report's plot, the digits, and torch._dynamo, which
+    # an optimizer's first construction imports): once here, not per run.
     import matplotlib.figure  # noqa: F401
     import sklearn.datasets  # noqa: F401
     import sklearn.model_selection  # noqa: F401
+    import torch._dynamo  # noqa: F401
     for line in sys.stdin:
         folder, start, options, output = json.loads(line)
         pid = os.fork()

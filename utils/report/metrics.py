@@ -7,7 +7,6 @@ setting: the mean, the standard deviation (n−1) and Student's t confidence int
 """
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from utils.report.records import PROTOCOL_LABELS
 
@@ -67,6 +66,7 @@ def spread(values):
     if n < 2:
         return {"mean": float(v[0]), "sd": float("nan"), "ci95_halfwidth": float("nan")}
     sd = float(np.std(v, ddof=1))
+    from scipy import stats  # here: importing scipy.stats costs every run's process a second or more
     return {"mean": float(np.mean(v)), "sd": sd,
             "ci95_halfwidth": float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))}
 
