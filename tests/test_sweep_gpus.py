@@ -3,6 +3,7 @@ of free slots. Checked on the CPU: the GPUs are made up (``visible_gpus``), and 
 environment is read back from what its run recorded (the manifest keeps CUDA_VISIBLE_DEVICES)."""
 import json
 import os
+import warnings
 
 import pytest
 
@@ -78,18 +79,31 @@ def test_each_run_gets_its_own_gpu_and_gives_it_back(tmp_path, monkeypatch, caps
     assert {run["gpus"][0] for run in state["runs"]} == {"0", "1"}
 
 
+# Where torch.distributed itself fails to connect the ranks (a refused or reset socket while
+# torchrun's agent holds its rendezvous, or while the ranks join the gloo group), before any line of
+# ours runs between them. Only such a failure earns the launch a second try: a failure anywhere else
+# fails the test with the run's log.
+CONNECT_FAILURES = ("in init_process_group", "torch/distributed/elastic/rendezvous")
+
+
 def test_several_gpus_a_run_start_it_under_torchrun(tmp_path, monkeypatch, capsys):
     """--gpus-per-job 2: the run is launched by torchrun, one process a GPU (two gloo ranks on
     the CPU here), and finishes."""
     monkeypatch.setattr(local, "visible_gpus", lambda: ["0", "1"])
     out = tmp_path / "sweep"
-    with pytest.raises(SystemExit) as done:
-        sweep_main([SCRIPT, "--seeds", "0", "--jobs", "1", "--gpus-per-job", "2", "--out",
-                    str(out), *TINY, "train_batch=16"])
-        raise SystemExit(0)
-    assert done.value.code == 0, capsys.readouterr().err
-    run = json.load(open(out / "sweep.json"))["runs"][0]
-    log = open(out / "logs" / f"{run['name']}.log").read()
+
+    def sweep():
+        with pytest.raises(SystemExit) as done:
+            sweep_main([SCRIPT, "--seeds", "0", "--jobs", "1", "--gpus-per-job", "2", "--out",
+                        str(out), *TINY, "train_batch=16"])
+            raise SystemExit(0)
+        run = json.load(open(out / "sweep.json"))["runs"][0]
+        return done.value.code, run, open(out / "logs" / f"{run['name']}.log").read()
+    code, run, log = sweep()
+    if code != 0 and any(mark in log for mark in CONNECT_FAILURES):
+        warnings.warn(f"torchrun's ranks failed to connect; the sweep is run again:\n{log}")
+        code, run, log = sweep()  # the sweep resumes the run from its first missing session
+    assert code == 0, f"{capsys.readouterr().err}\nthe run's log:\n{log}"
     assert log.splitlines()[0].startswith("$ torchrun --standalone --nproc_per_node=2 ")
     assert run["status"] == "finished" and run["gpus"] == ["0", "1"]
     record = json.load(open(os.path.join(run["checkpoint"], "session_1.json")))
