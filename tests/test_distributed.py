@@ -160,6 +160,19 @@ def test_bad_torchrun_environment_is_one_sentence(plain_env, env, match):
     assert not dist.is_initialized()
 
 
+def test_ranks_that_cannot_meet_are_one_sentence(plain_env):
+    """torch.distributed's own failure to form the group (here gloo told to use an interface this
+    machine lacks) is one sentence naming the rank, the address and what to check."""
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port()), GLOO_SOCKET_IFNAME="no-such-if").items():
+        plain_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"^rank 0 of 1 could not join the gloo process group at "
+                       r"127\.0\.0\.1:\d+ \(.*no-such-if\); on one node start the ranks with "
+                       r"`torchrun --standalone`, .* in GLOO_SOCKET_IFNAME\.$"):
+        D.setup("cpu")
+    assert not dist.is_initialized()
+
+
 @pytest.mark.parametrize("device,match", [("cuda", "LOCAL_RANK=1 but this node sees 1 GPU"),
                                           ("cuda:1", "names one GPU")])
 def test_gpu_ranks_need_their_own_gpu(plain_env, device, match):

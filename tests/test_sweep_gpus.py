@@ -80,10 +80,10 @@ def test_each_run_gets_its_own_gpu_and_gives_it_back(tmp_path, monkeypatch, caps
 
 
 # Where torch.distributed itself fails to connect the ranks (a refused or reset socket while
-# torchrun's agent holds its rendezvous, or while the ranks join the gloo group), before any line of
-# ours runs between them. Only such a failure earns the launch a second try: a failure anywhere else
-# fails the test with the run's log.
-CONNECT_FAILURES = ("in init_process_group", "torch/distributed/elastic/rendezvous")
+# torchrun's agent holds its rendezvous, or while the ranks join the gloo group: the sentence of
+# utils.fast.distributed.setup), before any line of ours runs between them. Only such a failure earns
+# the launch a second try: a failure anywhere else fails the test with the run's log.
+CONNECT_FAILURES = ("could not join the gloo process group", "torch/distributed/elastic/rendezvous")
 
 
 def test_several_gpus_a_run_start_it_under_torchrun(tmp_path, monkeypatch, capsys):

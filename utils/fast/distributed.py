@@ -66,9 +66,22 @@ def setup(device="cpu", timeout=None):
         torch.cuda.set_device(device)  # NCCL and the object collectives use the current device
         extra["device_id"] = device    # binds the group to it (no guessing in barrier)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank,
-                                world_size=world_size, **extra)
+        try:
+            dist.init_process_group(backend, init_method="env://", rank=rank,
+                                    world_size=world_size, **extra)
+        except RuntimeError as e:  # torch's own: the store, the network interface or a peer
+            raise ConfigError(_unmet(e, rank, world_size, backend)) from e
     return DistContext(True, rank, world_size, local_rank, device)
+
+
+def _unmet(error, rank, world_size, backend):
+    """The sentence for ranks that torch.distributed could not bring together."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    interface = "NCCL_SOCKET_IFNAME" if backend == "nccl" else "GLOO_SOCKET_IFNAME"
+    return (f"rank {rank} of {world_size} could not join the {backend} process group at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({reason}); on one node start "
+            f"the ranks with `torchrun --standalone`, across nodes check that every node reaches "
+            f"MASTER_ADDR, and name the network interface the ranks share in {interface}.")
 
 
 def cleanup(ctx):
